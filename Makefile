@@ -1,0 +1,53 @@
+# Every target runs inside .venv, created by `make install`. On a machine that already has
+# PyTorch and DALI (the lent GPU machine), pass PYTHON=python3 to skip the venv.
+PYTHON ?= .venv/bin/python
+VENV_PYTHON := .venv/bin/python
+# DALI build: auto picks the one matching the installed PyTorch's CUDA major version
+# (cuda130 for CUDA 13, cuda120 for CUDA 12 or a CPU-only PyTorch); or name one:
+# make install DALI=nvidia-dali-cuda120
+DALI ?= auto
+DEPTH ?= 50
+SD ?= 0
+GPUS ?= 1
+DATA ?=
+SHARDS ?= shards
+ARGS ?=
+
+# Install only when the default interpreter (the venv) is used.
+INSTALL_DEP := $(if $(filter $(VENV_PYTHON),$(PYTHON)),install)
+
+.PHONY: install test test-slow test-gpu lint models shards verify-shards
+
+install: .venv/.installed
+
+.venv/.installed: pyproject.toml Makefile
+	test -x $(VENV_PYTHON) || python3 -m venv .venv
+	$(VENV_PYTHON) -m pip install -q -e '.[dev]'
+	pkg="$(DALI)"; \
+	if [ "$$pkg" = auto ]; then \
+	  pkg=$$($(VENV_PYTHON) -c 'import torch; c = torch.version.cuda or ""; print("nvidia-dali-cuda130" if c.startswith("13") else "nvidia-dali-cuda120")'); \
+	fi; \
+	echo "installing $$pkg (PyTorch CUDA: $$($(VENV_PYTHON) -c 'import torch; print(torch.version.cuda or "none")'))"; \
+	$(VENV_PYTHON) -m pip install -q "$$pkg"
+	$(VENV_PYTHON) -c 'import torch, nvidia.dali; print("torch", torch.__version__, "| DALI", nvidia.dali.__version__)'
+	touch $@
+
+# The fast tests (GPU tests skip without a GPU). CI also runs test-slow.
+test: $(INSTALL_DEP)
+	$(PYTHON) -m pytest -q -m "not slow"
+
+# The slow end-to-end tests alone.
+test-slow: $(INSTALL_DEP)
+	$(PYTHON) -m pytest -q -m slow
+
+# The tests that need a GPU (run on the lent GPU machine).
+test-gpu: $(INSTALL_DEP)
+	$(PYTHON) -m pytest -q -m gpu
+
+lint: $(INSTALL_DEP)
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+# Parameter count, GFLOPs and survival probabilities of one model.
+models: $(INSTALL_DEP)
+	$(PYTHON) -m models --depth $(DEPTH) $(if $(filter 1,$(SD)),--sd-mode batch)
