@@ -16,7 +16,7 @@ ARGS ?=
 # Install only when the default interpreter (the venv) is used.
 INSTALL_DEP := $(if $(filter $(VENV_PYTHON),$(PYTHON)),install)
 
-.PHONY: install test test-slow test-gpu lint models shards verify-shards
+.PHONY: install test test-slow test-gpu lint models shards verify-shards bench-prep
 
 install: .venv/.installed
 
@@ -51,3 +51,15 @@ lint: $(INSTALL_DEP)
 # Parameter count, GFLOPs and survival probabilities of one model.
 models: $(INSTALL_DEP)
 	$(PYTHON) -m models --depth $(DEPTH) $(if $(filter 1,$(SD)),--sd-mode batch)
+
+# ImageNet folders -> WebDataset shards + DALI indexes + manifest (resumable: rerun after a crash).
+shards: $(INSTALL_DEP)
+	@test -n "$(DATA)" || { echo "usage: make shards DATA=/path/imagenet [SHARDS=shards] [ARGS='--workers 32']"; exit 2; }
+	$(PYTHON) -m prep "$(DATA)" "$(SHARDS)" $(ARGS)
+
+verify-shards: $(INSTALL_DEP)
+	$(PYTHON) -m prep verify "$(SHARDS)"
+
+# prep's images/s against a bare read + decode loop on a generated ImageNet-like set.
+bench-prep: $(INSTALL_DEP)
+	$(PYTHON) -m prep.bench $(ARGS)

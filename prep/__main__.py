@@ -1,0 +1,143 @@
+"""python -m prep DATA OUT [options] | python -m prep verify OUT"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from prep.errors import PrepError
+
+USAGE = """\
+python -m prep DATA OUT [options]     convert ImageNet folders into shards (make shards)
+python -m prep verify OUT [--workers] check a shards folder (make verify-shards)"""
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def quality(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"JPEG quality must be in 1..100, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m prep",
+        usage=USAGE,
+        description="Convert the ImageNet train/val folders into WebDataset tar shards with "
+        "DALI index files, classes.txt and manifest.json. Layouts: DATA/train/<wnid>/ + "
+        "DATA/val/<wnid>/; the Kaggle download (DATA/ILSVRC/Data/CLS-LOC/ + "
+        "DATA/LOC_val_solution.csv), detected automatically; or a flat DATA/val/ with "
+        "--val-labels. Resumable: rerun the same command after a crash.",
+    )
+    p.add_argument("data", help="the ImageNet folder (DATA)")
+    p.add_argument("out", help="the shards folder to write (OUT)")
+    p.add_argument(
+        "--val-labels",
+        metavar="FILE",
+        help="labels of a flat val folder: lines `filename wnid` (or Kaggle's CSV)",
+    )
+    p.add_argument(
+        "--shard-size",
+        type=positive,
+        metavar="N",
+        help="images per shard (default: at most about 1 GB per shard, and 64 or a multiple "
+        "of 64 shards where each can hold 256 images or more, to keep all workers busy)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the global train shuffle (default 0)"
+    )
+    p.add_argument(
+        "--max-side",
+        type=positive,
+        metavar="N",
+        help="downscale images whose longer side exceeds N pixels (faster decoding later; "
+        "default: keep every image as it is)",
+    )
+    p.add_argument(
+        "--quality",
+        type=quality,
+        default=95,
+        metavar="Q",
+        help="JPEG quality of re-encoded images, repaired or downscaled (default 95)",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive,
+        default=os.cpu_count(),
+        help=f"worker processes (default: all cores, {os.cpu_count()} here)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail, listing them all, if any image is undecodable (default: skip and report)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the shards of an earlier run with other options in OUT",
+    )
+    return p
+
+
+def verify_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m prep verify",
+        description="Check manifest against tars against indexes: counts, sizes, sha256, "
+        "labels in range. Exits non-zero naming the first problem.",
+    )
+    p.add_argument("out", help="the shards folder")
+    p.add_argument("--workers", type=positive, default=os.cpu_count(), help="processes")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv[:1] == ["verify"]:
+            args = verify_parser().parse_args(argv[1:])
+            from prep.verify import verify
+
+            manifest = verify(args.out, workers=args.workers)
+            counts = ", ".join(
+                f"{len(v['shards'])} {k} shards ({v['num_samples']} samples)"
+                for k, v in manifest["splits"].items()
+            )
+            print(f"prep verify: {args.out} is sound: {counts}")
+            return 0
+        args = build_parser().parse_args(argv)
+        from prep.build import PrepOptions, build
+
+        options = PrepOptions(
+            seed=args.seed, shard_size=args.shard_size, max_side=args.max_side, quality=args.quality
+        )
+        build(
+            args.data,
+            args.out,
+            options,
+            val_labels=args.val_labels,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            strict=args.strict,
+        )
+        return 0
+    except PrepError as e:
+        print(f"prep: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "prep: interrupted; finished shards are kept: rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""make bench-prep: prep's images/s against the floor (read + PIL-decode, same processes).
+
+Generates (once, then reuses) an ImageNet-like set of real-photo JPEGs, warms the page cache
+so that both contenders read from memory, then times in the same run:
+- floor: worker processes that only read each file and decode it fully with PIL;
+- prep: the whole `python -m prep` job (scan, plan, inspect, tar, index, manifest).
+Prints a table, the projected time for full ImageNet per core count, and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import date
+from pathlib import Path
+
+from PIL import Image
+
+from prep.build import PrepOptions, build
+from prep.imagenet_like import write_imagenet_like
+from prep.layout import scan
+
+IMAGENET_IMAGES = 1_281_167 + 50_000
+IMAGENET_BYTES = 147e9
+
+
+def ensure_imagenet_like(path: Path, classes: int, per_class: int, workers: int) -> Path:
+    """The benchmark set at path, generated unless a complete one is already there."""
+    marker = path / "complete.json"
+    spec = {"classes": classes, "train_per_class": per_class, "val_per_class": per_class // 10}
+    if marker.is_file() and json.loads(marker.read_text()) == spec:
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    print(f"bench-prep: generating {classes} x {per_class} ImageNet-like JPEGs in {path}")
+    write_imagenet_like(
+        path,
+        num_classes=classes,
+        train_per_class=per_class,
+        val_per_class=spec["val_per_class"],
+        workers=workers,
+    )
+    marker.write_text(json.dumps(spec))
+    return path
+
+
+def decode_files(paths: list[str]) -> int:
+    for p in paths:
+        with open(p, "rb") as f, Image.open(f) as image:
+            image.load()
+    return len(paths)
+
+
+def floor_rate(paths: list[str], workers: int) -> float:
+    """Images/s of a bare read + full PIL decode over `workers` processes (pool start included)."""
+    chunks = [paths[i : i + 64] for i in range(0, len(paths), 64)]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(workers, mp.get_context("spawn")) as pool:
+        n = sum(pool.map(decode_files, chunks))
+    return n / (time.perf_counter() - start)
+
+
+def prep_rate(data: Path, workers: int, n: int) -> float:
+    out = Path(tempfile.mkdtemp(prefix="bench-prep-"))
+    try:
+        start = time.perf_counter()
+        build(data, out, PrepOptions(), workers=workers)
+        return n / (time.perf_counter() - start)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m prep.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="benchmarks/data/imagenet-like", help="benchmark set path")
+    p.add_argument("--classes", type=int, default=40, help="classes in the generated set")
+    p.add_argument("--per-class", type=int, default=100, help="train images per class")
+    p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes for both")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="interleaved timed rounds; the medians are reported"
+    )
+    p.add_argument("--json", default="benchmarks/results/prep.json", help="where to write JSON")
+    args = p.parse_args(argv)
+
+    data = ensure_imagenet_like(Path(args.data), args.classes, args.per_class, args.workers)
+    scanned = scan(data)
+    paths = [str(data / s.path) for split in scanned.splits.values() for s in split]
+    sizes = [os.path.getsize(p) for p in paths]
+    with Image.open(paths[0]) as first:
+        example = first.size
+    decode_files(paths[:1])
+    for path in paths:  # warm the page cache: both contenders read from memory
+        with open(path, "rb") as f:
+            f.read()
+    floors, preps = [], []
+    for _ in range(args.rounds):
+        floors.append(floor_rate(paths, args.workers))
+        preps.append(prep_rate(data, args.workers, len(paths)))
+    floor, prep = statistics.median(floors), statistics.median(preps)
+    ratio = statistics.median(r / f for r, f in zip(preps, floors, strict=True))
+    mean_kb = sum(sizes) / len(sizes) / 1e3
+    print(
+        f"\nbench-prep: {len(paths)} JPEGs, mean {mean_kb:.0f} KB, e.g. {example[0]}x{example[1]}"
+    )
+    print(f"{args.workers} processes, page cache warm, median of {args.rounds} interleaved rounds")
+    print(f"{'pipeline':<34}{'images/s':>10}{'per process':>13}")
+    print(f"{'floor: read + PIL decode':<34}{floor:>10.0f}{floor / args.workers:>13.0f}")
+    print(f"{'prep (python -m prep, whole job)':<34}{prep:>10.0f}{prep / args.workers:>13.0f}")
+    print(f"prep / floor (median of the rounds' ratios): {ratio:.2f}x (target >= 0.85x)")
+    per_core = prep / args.workers
+    projection = {}
+    print("projected full ImageNet (1.33 M images), if the disk keeps up:")
+    for cores in (8, 16, 32, 64):
+        minutes = IMAGENET_IMAGES / (per_core * cores) / 60
+        needed = IMAGENET_BYTES / (minutes * 60) / 1e6
+        projection[cores] = round(minutes, 1)
+        print(f"  {cores:3d} cores: {minutes:6.1f} min (reads {needed:,.0f} MB/s)")
+    result = {
+        "benchmark": "prep",
+        "date": date.today().isoformat(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "images": len(paths),
+        "mean_bytes": round(sum(sizes) / len(sizes)),
+        "workers": args.workers,
+        "floor_images_per_s": [round(f, 1) for f in floors],
+        "prep_images_per_s": [round(r, 1) for r in preps],
+        "ratio": round(ratio, 3),
+        "projected_minutes_by_cores": projection,
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
