@@ -16,7 +16,7 @@ ARGS ?=
 # Install only when the default interpreter (the venv) is used.
 INSTALL_DEP := $(if $(filter $(VENV_PYTHON),$(PYTHON)),install)
 
-.PHONY: install test test-slow test-gpu lint models shards verify-shards bench-prep
+.PHONY: install test test-slow test-gpu lint models shards verify-shards bench-prep bench-input
 
 install: .venv/.installed
 
@@ -63,3 +63,7 @@ verify-shards: $(INSTALL_DEP)
 # prep's images/s against a bare read + decode loop on a generated ImageNet-like set.
 bench-prep: $(INSTALL_DEP)
 	$(PYTHON) -m prep.bench $(ARGS)
+
+# DALI train pipeline images/s against torchvision + PIL in a DataLoader (same shards, workers).
+bench-input: $(INSTALL_DEP)
+	$(PYTHON) -m train.bench input $(if $(filter-out shards,$(SHARDS)),--shards "$(SHARDS)") $(ARGS)

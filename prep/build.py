@@ -19,6 +19,7 @@ import random
 import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from queue import Empty
@@ -283,6 +284,11 @@ def run_tasks(tasks: list[ShardTask], out: Path, workers: int, total: int, done:
                     task = pending.pop(future)
                     try:
                         record = future.result()
+                    except BrokenProcessPool:
+                        raise PrepError(
+                            f"a worker process died while writing {task.name} (killed, or out of "
+                            "memory?); the finished shards are kept: rerun the same command"
+                        ) from None
                     except OSError as e:
                         raise PrepError(
                             f"writing {out / task.name}.tar failed: {e.strerror or e}"

@@ -1,0 +1,178 @@
+"""Benchmarks: `make bench-input` (the input pipeline) and `make bench-train` (training).
+
+input: steady-state images/s of the DALI train pipeline on the device it would train on,
+against, in the same run, on the same shards and with the same number of CPU workers, the
+pipeline users would otherwise pick: torchvision transforms (RandomResizedCrop, flip,
+ColorJitter, normalize) on PIL images in a torch DataLoader (shards read with webdataset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from train.data import IMAGENET_MEAN, IMAGENET_STD, make_loader
+
+DEFAULT_DATA = "benchmarks/data/imagenet-like"
+DEFAULT_SHARDS = "benchmarks/data/imagenet-like-shards"
+
+
+def ensure_shards(shards: str | None, workers: int) -> Path:
+    """The given shards, or shards of the prep benchmark's ImageNet-like set (made once)."""
+    if shards:
+        return Path(shards)
+    from prep.bench import ensure_imagenet_like
+    from prep.build import PrepOptions, build
+
+    data = ensure_imagenet_like(Path(DEFAULT_DATA), 40, 100, workers)
+    out = Path(DEFAULT_SHARDS)
+    if not (out / "manifest.json").is_file():
+        build(data, out, PrepOptions(), workers=workers)
+    return out
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def steady_rate(batches, device: torch.device, warmup: int, measure: int) -> tuple[float, int]:
+    """Images/s over `measure` batches after `warmup` (a synchronize brackets the timing)."""
+    iterator = iter(batches)
+    for _ in range(warmup):
+        next(iterator)
+    synchronize(device)
+    start, images = time.perf_counter(), 0
+    for _ in range(measure):
+        x, _ = next(iterator)
+        images += x.shape[0]
+    synchronize(device)
+    return images / (time.perf_counter() - start), images
+
+
+def dataloader_batches(shards: Path, batch: int, workers: int, image_size: int):
+    """The usual alternative: webdataset + torchvision transforms on PIL + DataLoader."""
+    import torchvision.transforms as T
+    import webdataset as wds
+
+    manifest = json.loads((shards / "manifest.json").read_text())
+    urls = [str(shards / s["tar"]) for s in manifest["splits"]["train"]["shards"]]
+    transform = T.Compose(
+        [
+            T.RandomResizedCrop(image_size),
+            T.RandomHorizontalFlip(),
+            T.ColorJitter(brightness=0.4, contrast=0.2, saturation=0.2),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    dataset = (
+        wds.WebDataset(urls, shardshuffle=100, nodesplitter=None, empty_check=False)
+        .repeat()
+        .shuffle(1000)
+        .decode("pil")
+        .to_tuple("jpg", "cls")
+        .map_tuple(transform, int)
+    )
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch, num_workers=workers, pin_memory=torch.cuda.is_available()
+    )
+
+
+def dali_batches(shards: Path, batch: int, workers: int, image_size: int, device, dtype):
+    loader = make_loader(
+        shards, "train", batch_size=batch, image_size=image_size, device=device, dtype=dtype,
+        num_threads=workers,
+    )  # fmt: skip
+    while True:  # epoch after epoch
+        yield from loader
+
+
+def machine_facts(device: torch.device) -> dict:
+    facts = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
+    try:
+        import nvidia.dali
+
+        facts["dali"] = nvidia.dali.__version__
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(device)
+        facts["cuda"] = torch.version.cuda
+    return facts
+
+
+def bench_input(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    shards = ensure_shards(args.shards, args.workers)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    size, batch, workers = args.image_size, args.batch, args.workers
+    contenders = {
+        "dali": lambda: dali_batches(shards, batch, workers, size, device, dtype),
+        "dataloader": lambda: dataloader_batches(shards, batch, workers, size),
+    }
+    rows = {}
+    for name, make in contenders.items():
+        rate, images = steady_rate(make(), device, args.warmup, args.batches)
+        rows[name] = {"images_per_s": round(rate, 1), "images_timed": images}
+    ratio = rows["dali"]["images_per_s"] / rows["dataloader"]["images_per_s"]
+    where = "GPU (mixed decoder)" if device.type == "cuda" else "CPU"
+    print(f"\nbench-input: {shards}, batch {batch}, {size}px, {workers} CPU workers")
+    print(f"{'pipeline':<44}{'images/s':>10}")
+    print(f"{f'DALI train pipeline on the {where}':<44}{rows['dali']['images_per_s']:>10.0f}")
+    print(f"{'torchvision + PIL in a DataLoader':<44}{rows['dataloader']['images_per_s']:>10.0f}")
+    print(f"DALI / DataLoader: {ratio:.2f}x")
+    return {
+        "benchmark": "input",
+        "date": date.today().isoformat(),
+        "machine": machine_facts(device),
+        "shards": str(shards),
+        "batch": args.batch,
+        "image_size": args.image_size,
+        "workers": args.workers,
+        "warmup_batches": args.warmup,
+        "timed_batches": args.batches,
+        "results": rows,
+        "ratio": round(ratio, 3),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.split("\n")[0])
+    p.add_argument("what", choices=["input"], help="which benchmark")
+    p.add_argument("--shards", help="shards folder (default: generate the ImageNet-like set)")
+    p.add_argument("--device", default=default_device, help=f"default: {default_device}")
+    p.add_argument("--workers", type=int, default=os.cpu_count(), help="CPU workers for both")
+    p.add_argument("--batch", type=int, default=256 if default_device == "cuda" else 64)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--warmup", type=int, default=5, help="batches before timing")
+    p.add_argument("--batches", type=int, default=30, help="timed batches")
+    p.add_argument("--json", help="where to write the JSON (default: benchmarks/results/...)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    result = bench_input(args)
+    kind = "gpu" if args.device.startswith("cuda") else "cpu"
+    path = Path(args.json or f"benchmarks/results/{args.what}-{kind}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

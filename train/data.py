@@ -1,0 +1,298 @@
+"""The DALI input pipelines: one function per split, GPU or CPU as a parameter.
+
+Train: webdataset reader sharded by rank (shuffle buffer + whole-tar reshuffle each epoch),
+JPEG decoding fused with random-resized-crop (`device="mixed"` on a GPU: nvJPEG, the hardware
+decoder where there is one), resize, optional colour jitter, flip + normalize.
+Val: decode, resize the shorter side to image_size / 0.875, centre crop, normalize.
+
+Batches come out as (images, labels): images (B, 3, S, S) in channels_last memory (DALI's
+NHWC seen as NCHW without a copy), float16 when training in mixed precision (DALI has no
+bfloat16; autocast casts the first conv's input), labels int64 (B,). On the GPU when the
+pipeline runs there. `make_loader` is the entry point.
+
+Exactly once: the readers pad their shard (`pad_last_batch`) and the iterator drops the
+padding (`LastBatchPolicy.PARTIAL`), so an epoch over N ranks yields every sample exactly
+once and every rank yields the same number of batches; a rank's last batch may be smaller,
+even empty.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+VAL_CROP_FRACTION = 0.875  # resize the shorter side to 256 for a 224 crop
+READER = "Reader"
+
+
+class ShardsError(Exception):
+    """The shards folder is missing, incomplete or not made by `make shards`."""
+
+
+@dataclass(frozen=True)
+class PipelineKnobs:
+    """DALI settings; the defaults suit one H100 with 16 CPU cores and ImageNet JPEGs."""
+
+    num_threads: int = 8  # DALI CPU worker threads per pipeline (per rank)
+    prefetch: int = 2  # batches DALI prepares ahead (prefetch_queue_depth)
+    shuffle_buffer: int = 4096  # samples in the reader's shuffle buffer (initial_fill)
+    color_jitter: bool = True  # brightness +-40%, contrast and saturation 0.8-1.2 (train)
+    val_plain_resize: bool = False  # val: plain SxS resize (distorts) instead of 256 + crop
+    hw_decoder_load: float = 0.65  # share of JPEGs sent to the hardware decoder (A100/H100)
+    # nvJPEG buffers preallocated for ImageNet's largest images, so that no batch reallocates.
+    preallocate_width_hint: int = 5980
+    preallocate_height_hint: int = 6430
+    device_memory_padding: int = 211_025_920  # bytes of headroom in nvJPEG's device buffers
+    host_memory_padding: int = 140_544_512  # bytes of headroom in its pinned host buffers
+    read_ahead: bool = False  # let the reader read whole tars ahead (slow network storage)
+
+
+def knob_names() -> list[str]:
+    return [f.name for f in fields(PipelineKnobs)]
+
+
+def load_manifest(shards_dir: str | Path) -> dict:
+    path = Path(shards_dir) / "manifest.json"
+    if not path.is_file():
+        hint = ""
+        if (Path(shards_dir) / "train").is_dir() or (Path(shards_dir) / "ILSVRC").is_dir():
+            hint = (
+                f"; {shards_dir} looks like a raw ImageNet folder: convert it first with "
+                f"`make shards DATA={shards_dir} SHARDS=shards`"
+            )
+        raise ShardsError(f"no manifest.json in {shards_dir}: not a shards folder{hint}")
+    manifest = json.loads(path.read_text())
+    for split, info in manifest["splits"].items():
+        for shard in info["shards"]:
+            for name in (shard["tar"], shard["index"]):
+                if not (Path(shards_dir) / name).is_file():
+                    raise ShardsError(
+                        f"{Path(shards_dir) / name} is missing ({split} split); "
+                        f"check with `python -m prep verify {shards_dir}`"
+                    )
+    return manifest
+
+
+def decoder_kwargs(gpu: bool, knobs: PipelineKnobs) -> dict:
+    """The decoder's memory and hardware-decoder settings (they apply to nvJPEG only)."""
+    if not gpu:
+        return {"device": "cpu"}
+    return {
+        "device": "mixed",
+        "hw_decoder_load": knobs.hw_decoder_load,
+        "preallocate_width_hint": knobs.preallocate_width_hint,
+        "preallocate_height_hint": knobs.preallocate_height_hint,
+        "device_memory_padding": knobs.device_memory_padding,
+        "host_memory_padding": knobs.host_memory_padding,
+    }
+
+
+def read_shards(files, index_files, *, shard_id, num_shards, train, reader_seed, knobs):
+    """The webdataset reader: (jpeg bytes, class digits)."""
+    from nvidia.dali import fn
+
+    return fn.readers.webdataset(
+        paths=files,
+        index_paths=index_files,
+        ext=["jpg", "cls"],
+        shard_id=shard_id,
+        num_shards=num_shards,
+        random_shuffle=train,
+        initial_fill=knobs.shuffle_buffer,
+        shuffle_after_epoch=train,  # whole tars reordered each epoch: same seed on all ranks
+        seed=reader_seed,
+        pad_last_batch=True,
+        read_ahead=knobs.read_ahead,
+        name=READER,
+    )
+
+
+def normalize(images, *, dtype, mirror=None):
+    """Normalize with the ImageNet mean and std into HWC (channels_last), optional flip."""
+    from nvidia.dali import fn, types
+
+    kwargs = {"mirror": mirror} if mirror is not None else {}
+    return fn.crop_mirror_normalize(
+        images,
+        dtype=types.FLOAT16 if dtype == torch.float16 else types.FLOAT,
+        output_layout="HWC",
+        mean=[255 * m for m in IMAGENET_MEAN],
+        std=[255 * s for s in IMAGENET_STD],
+        **kwargs,
+    )
+
+
+def train_pipeline(
+    files, index_files, *, image_size, shard_id, num_shards, reader_seed, gpu, dtype, knobs
+):
+    """Random-resized-crop (area 0.08-1, aspect 3/4-4/3) fused with decoding, resize, jitter,
+    flip, normalize."""
+    from nvidia.dali import fn, types
+
+    jpegs, digits = read_shards(
+        files, index_files, shard_id=shard_id, num_shards=num_shards, train=True,
+        reader_seed=reader_seed, knobs=knobs,
+    )  # fmt: skip
+    images = fn.decoders.image_random_crop(
+        jpegs,
+        output_type=types.RGB,
+        random_area=[0.08, 1.0],
+        random_aspect_ratio=[3 / 4, 4 / 3],
+        num_attempts=100,
+        **decoder_kwargs(gpu, knobs),
+    )
+    images = fn.resize(images, resize_x=image_size, resize_y=image_size)
+    if knobs.color_jitter:
+        images = fn.color_twist(
+            images,
+            brightness=fn.random.uniform(range=[0.6, 1.4]),
+            contrast=fn.random.uniform(range=[0.8, 1.2]),
+            saturation=fn.random.uniform(range=[0.8, 1.2]),
+        )
+    images = normalize(images, dtype=dtype, mirror=fn.random.coin_flip(probability=0.5))
+    return images, digits.gpu() if gpu else digits
+
+
+def val_pipeline(
+    files, index_files, *, image_size, shard_id, num_shards, reader_seed, gpu, dtype, knobs
+):
+    """Decode, resize the shorter side to image_size / 0.875, centre crop (or a plain resize)."""
+    from nvidia.dali import fn, types
+
+    jpegs, digits = read_shards(
+        files, index_files, shard_id=shard_id, num_shards=num_shards, train=False,
+        reader_seed=reader_seed, knobs=knobs,
+    )  # fmt: skip
+    images = fn.decoders.image(jpegs, output_type=types.RGB, **decoder_kwargs(gpu, knobs))
+    if knobs.val_plain_resize:
+        images = fn.resize(images, resize_x=image_size, resize_y=image_size)
+    else:
+        images = resize_and_centre_crop(jpegs, images, image_size)
+    return normalize(images, dtype=dtype), digits.gpu() if gpu else digits
+
+
+def resize_and_centre_crop(jpegs, images, image_size: int):
+    """torchvision's Resize(round(S / 0.875)) + CenterCrop(S), to the pixel: the output sizes
+    are truncated and the crop anchor rounded half to even as torchvision does, so that
+    torchvision weights evaluate here as they do in torchvision's reference script."""
+    from nvidia.dali import fn, types
+    from nvidia.dali import math as dmath
+
+    shorter = round(image_size / VAL_CROP_FRACTION)
+    shape = fn.peek_image_shape(jpegs, dtype=types.FLOAT)  # (H, W, C), from the JPEG header
+    height, width = shape[0], shape[1]
+    short = dmath.min(height, width)
+    new_h, new_w = dmath.floor(shorter * height / short), dmath.floor(shorter * width / short)
+    images = fn.resize(images, resize_x=new_w, resize_y=new_h)
+    anchor = fn.stack(half_to_even(new_h - image_size), half_to_even(new_w - image_size))
+    anchor = fn.cast(anchor, dtype=types.INT32)
+    return fn.slice(images, start=anchor, shape=[image_size, image_size], axis_names="HW")
+
+
+def half_to_even(n):
+    """round(n / 2) with Python's rounding (half to even), for a DALI node holding integers."""
+    from nvidia.dali import math as dmath
+
+    half = dmath.floor(n / 2)
+    odd_n = n - 2 * half
+    odd_half = half - 2 * dmath.floor(half / 2)
+    return half + odd_n * odd_half
+
+
+def labels_from_digits(digits: torch.Tensor) -> torch.Tensor:
+    """(B, k) uint8 ASCII digits of the fixed-width `.cls` text -> (B,) int64 class indices."""
+    powers = 10 ** torch.arange(digits.shape[1] - 1, -1, -1, device=digits.device)
+    return ((digits.long() - ord("0")) * powers).sum(1)
+
+
+class DaliLoader:
+    """Iterate once per epoch, epoch after epoch: (images, labels) batches of this rank."""
+
+    def __init__(self, pipe, *, num_samples: int, batch_size: int) -> None:
+        from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        self.num_samples = num_samples  # in the whole split, over all ranks
+        self.batch_size = batch_size
+        self.iterator = DALIGenericIterator(
+            [pipe],
+            ["images", "labels"],
+            reader_name=READER,
+            last_batch_policy=LastBatchPolicy.PARTIAL,
+            auto_reset=True,
+        )
+
+    def __len__(self) -> int:
+        return len(self.iterator)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for (batch,) in self.iterator:
+            images = batch["images"].permute(0, 3, 1, 2)  # (B, S, S, 3) -> (B, 3, S, S) view
+            yield images, labels_from_digits(batch["labels"])
+
+
+def make_loader(
+    shards_dir: str | Path,
+    split: str,
+    *,
+    batch_size: int,
+    image_size: int = 224,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    **knobs,
+) -> DaliLoader:
+    """A DALI loader over one split of a shards folder, for this rank of world_size.
+
+    device "cpu" runs every operator on the CPU (`device_id=None`); "cuda[:N]" decodes with
+    nvJPEG and augments on that GPU. `seed` seeds the reader identically on every rank (the
+    epoch reshuffle must agree); augmentations are seeded with seed + rank. `dtype` is
+    float32 or float16; knobs are the fields of PipelineKnobs.
+    """
+    from nvidia.dali import pipeline_def
+
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    if dtype not in (torch.float32, torch.float16):
+        raise ValueError(f"DALI produces float32 or float16 images, not {dtype}")
+    unknown = set(knobs) - set(knob_names())
+    if unknown:
+        raise TypeError(f"unknown pipeline knobs {sorted(unknown)}; known: {knob_names()}")
+    options = PipelineKnobs(**knobs)
+    manifest = load_manifest(shards_dir)
+    info = manifest["splits"][split]
+    files = [str(Path(shards_dir) / s["tar"]) for s in info["shards"]]
+    index_files = [str(Path(shards_dir) / s["index"]) for s in info["shards"]]
+    device = torch.device(device)
+    gpu = device.type == "cuda"
+    device_id = (
+        (device.index if device.index is not None else torch.cuda.current_device()) if gpu else None
+    )
+    build = train_pipeline if split == "train" else val_pipeline
+    pipe = pipeline_def(build)(
+        files,
+        index_files,
+        image_size=image_size,
+        shard_id=rank,
+        num_shards=world_size,
+        reader_seed=seed,
+        gpu=gpu,
+        dtype=dtype,
+        knobs=options,
+        batch_size=batch_size,
+        num_threads=options.num_threads,
+        device_id=device_id,
+        seed=seed + rank,  # augmentations: different on every rank
+        prefetch_queue_depth=options.prefetch,
+    )
+    return DaliLoader(pipe, num_samples=info["num_samples"], batch_size=batch_size)
