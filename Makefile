@@ -11,12 +11,13 @@ SD ?= 0
 GPUS ?= 1
 DATA ?=
 SHARDS ?= shards
+OUT ?= results/rn$(DEPTH)-sd$(SD)
 ARGS ?=
 
 # Install only when the default interpreter (the venv) is used.
 INSTALL_DEP := $(if $(filter $(VENV_PYTHON),$(PYTHON)),install)
 
-.PHONY: install test test-slow test-gpu lint models shards verify-shards bench-prep bench-input
+.PHONY: install test test-slow test-gpu lint models shards verify-shards bench-prep bench-input bench-train train
 
 install: .venv/.installed
 
@@ -67,3 +68,12 @@ bench-prep: $(INSTALL_DEP)
 # DALI train pipeline images/s against torchvision + PIL in a DataLoader (same shards, workers).
 bench-input: $(INSTALL_DEP)
 	$(PYTHON) -m train.bench input $(if $(filter-out shards,$(SHARDS)),--shards "$(SHARDS)") $(ARGS)
+
+# Training images/s with synthetic and with DALI input (ARGS="--sd off,batch,sample --compile").
+bench-train: $(INSTALL_DEP)
+	$(PYTHON) -m train.bench train --depth $(DEPTH) $(if $(filter-out shards,$(SHARDS)),--shards "$(SHARDS)") $(ARGS)
+
+# Train with torchrun on GPUS GPUs of this machine (python -m train alone: one process).
+train: $(INSTALL_DEP)
+	$(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS) -m train \
+	  --data_dir "$(SHARDS)" --out "$(OUT)" --depth $(DEPTH) --sd $(SD) $(ARGS)

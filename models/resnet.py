@@ -35,6 +35,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 STAGE_BLOCKS: dict[int, tuple[int, int, int, int]] = {
     50: (3, 4, 6, 3),
@@ -184,6 +185,8 @@ class ResNet(nn.Module):
         self.survival_probs: list[float] = probs or [1.0] * num_blocks
         # The batch-mode draws: one per block per training step, identical on every rank.
         self.sd_rng = random.Random(sd_seed)
+        # Recompute each block's activations in backward instead of keeping them (memory).
+        self.checkpoint_activations = False
 
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -243,7 +246,11 @@ class ResNet(nn.Module):
         if self.training and self.sd_mode == "batch":
             self.draw_sd_decisions()
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, 2048, H/32, W/32)
+        if self.checkpoint_activations and self.training and torch.is_grad_enabled():
+            for block in self.blocks():  # the batch-mode decisions are already drawn
+                x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, 2048, H/32, W/32)
         if self.final_bn is not None:
             x = self.relu(self.final_bn(x))
         x = torch.flatten(self.avgpool(x), 1)  # (B, 2048)

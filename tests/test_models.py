@@ -383,3 +383,21 @@ def test_python_m_models_prints_counts_flops_and_probabilities(capsys):
 def test_python_m_models_reports_bad_values_without_a_traceback():
     with pytest.raises(SystemExit, match=r"final_survival \(pL\) must be in \(0, 1\]"):
         models_main(["--sd-mode", "batch", "--final-survival", "1.5"])
+
+
+@pytest.mark.parametrize("sd_mode", ["off", "batch"])
+def test_checkpointed_activations_give_the_same_gradients(sd_mode):
+    torch.manual_seed(0)
+    model = build_resnet(50, sd_mode=sd_mode, num_classes=10, zero_init_residual=False).train()
+    x = torch.randn(2, 3, 64, 64)
+    grads = []
+    for checkpointed in (False, True):
+        model.zero_grad(set_to_none=True)
+        model.set_sd_rng_state(build_resnet(50, sd_mode=sd_mode, sd_seed=1).sd_rng_state())
+        torch.manual_seed(1)
+        model.checkpoint_activations = checkpointed
+        model(x).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4)

@@ -1,5 +1,10 @@
 """Benchmarks: `make bench-input` (the input pipeline) and `make bench-train` (training).
 
+train: steady-state training images/s of one rank (forward, backward, optimizer step) with
+synthetic input on the device and with DALI input, in the same run, for each stochastic-depth
+mode asked for; the DALI / synthetic ratio tells whether input is the bottleneck. Peak GPU
+memory per configuration.
+
 input: steady-state images/s of the DALI train pipeline on the device it would train on,
 against, in the same run, on the same shards and with the same number of CPU workers, the
 pipeline users would otherwise pick: torchvision transforms (RandomResizedCrop, flip,
@@ -88,9 +93,14 @@ def dataloader_batches(shards: Path, batch: int, workers: int, image_size: int):
 
 def dali_batches(shards: Path, batch: int, workers: int, image_size: int, device, dtype):
     loader = make_loader(
-        shards, "train", batch_size=batch, image_size=image_size, device=device, dtype=dtype,
+        shards,
+        "train",
+        batch_size=batch,
+        image_size=image_size,
+        device=device,
+        dtype=dtype,
         num_threads=workers,
-    )  # fmt: skip
+    )
     while True:  # epoch after epoch
         yield from loader
 
@@ -149,26 +159,158 @@ def bench_input(args: argparse.Namespace) -> dict:
     }
 
 
+def time_training(cfg, steps: int, warmup: int, shards: Path | None) -> dict:
+    """Images/s of train_step over `steps` steps after `warmup`, timed between synchronizes."""
+    from train.config import derive
+    from train.logs import Board
+    from train.loop import Run, set_lr, train_step
+    from train.main import build_training, loader_kwargs, synthetic_batches
+
+    d = derive(cfg, 0, 1, 0)
+    num_classes = 1000
+    if shards is not None:
+        num_classes = json.loads((shards / "manifest.json").read_text())["num_classes"]
+    model, train_model, optimizer, scaler = build_training(cfg, d, num_classes)
+    run = Run(
+        cfg=cfg,
+        d=d,
+        model=model,
+        train_model=train_model,
+        optimizer=optimizer,
+        scaler=scaler,
+        board=Board(Path("."), False, None),
+        steps_per_epoch=steps,
+        batches_per_epoch=steps,
+        skip_last_batch=False,
+        warmup_steps=0,
+        total_steps=steps,
+    )
+    set_lr(optimizer, d.lr)
+    if shards is None:
+        batches = synthetic_batches(d, warmup + steps, cfg.image_size, num_classes, cfg.seed)
+    else:
+
+        def endless():
+            epoch = 0
+            while True:
+                yield from make_loader(shards, "train", epoch=epoch, **loader_kwargs(cfg, d))
+                epoch += 1
+
+        batches = endless()
+    model.train()
+    if d.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(d.device)
+    iterator = iter(batches)
+    for _ in range(warmup):
+        train_step(run, *next(iterator), boundary=True)
+    synchronize(d.device)
+    start, images = time.perf_counter(), 0
+    for _ in range(steps):
+        x, y = next(iterator)
+        train_step(run, x, y, boundary=True)
+        images += x.shape[0]
+    synchronize(d.device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(d.device) / 2**30 if d.device.type == "cuda" else None
+    return {
+        "images_per_s": round(images / seconds, 1),
+        "step_ms": round(1000 * seconds / steps, 2),
+        "peak_gib": None if peak is None else round(peak, 2),
+    }
+
+
+def bench_train(args: argparse.Namespace) -> dict:
+    from train.config import TrainConfig
+
+    device = torch.device(args.device)
+    shards = ensure_shards(args.shards, args.workers)
+    rows = []
+    for sd_mode in args.sd.split(","):
+        cfg = TrainConfig(
+            data_dir=str(shards),
+            depth=args.depth,
+            sd=int(sd_mode != "off"),
+            sd_mode=sd_mode if sd_mode != "off" else "batch",
+            pL=0.5,
+            batch=args.batch,
+            image_size=args.image_size,
+            workers=args.workers,
+            compile=args.compile,
+            no_mixed_precision=args.fp32,
+            device=str(device),
+            seed=0,
+        )
+        synthetic = time_training(cfg, args.batches, args.warmup, None)
+        dali = time_training(cfg, args.batches, args.warmup, shards)
+        rows.append(
+            {
+                "sd": sd_mode,
+                "synthetic": synthetic,
+                "dali": dali,
+                "dali_over_synthetic": round(dali["images_per_s"] / synthetic["images_per_s"], 3),
+            }
+        )
+    precision = "fp32" if args.fp32 or device.type == "cpu" else "bf16 AMP"
+    print(
+        f"\nbench-train: ResNet-{args.depth}, batch {args.batch}, {args.image_size}px, "
+        f"{precision}, {'compiled' if args.compile else 'eager'}, on {device}"
+    )
+    header = ("stochastic depth", "synthetic img/s", "DALI img/s", "DALI/synth", "peak GiB")
+    print(f"{header[0]:<18}{header[1]:>16}{header[2]:>12}{header[3]:>12}{header[4]:>10}")
+    for r in rows:
+        peak = r["synthetic"]["peak_gib"]
+        print(
+            f"{r['sd']:<18}{r['synthetic']['images_per_s']:>16.1f}{r['dali']['images_per_s']:>12.1f}"
+            f"{r['dali_over_synthetic']:>12.2f}{'-' if peak is None else f'{peak:.1f}':>10}"
+        )
+    base = next((r for r in rows if r["sd"] == "off"), None)
+    for r in rows:
+        if base is not None and r is not base:
+            gain = r["synthetic"]["images_per_s"] / base["synthetic"]["images_per_s"]
+            print(f"SD {r['sd']} / SD off (synthetic): {gain:.2f}x")
+    return {
+        "benchmark": "train",
+        "date": date.today().isoformat(),
+        "machine": machine_facts(device),
+        "depth": args.depth,
+        "batch": args.batch,
+        "image_size": args.image_size,
+        "precision": precision,
+        "compile": args.compile,
+        "warmup_steps": args.warmup,
+        "timed_steps": args.batches,
+        "rows": rows,
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["input"], help="which benchmark")
+    p.add_argument("what", choices=["input", "train"], help="which benchmark")
     p.add_argument("--shards", help="shards folder (default: generate the ImageNet-like set)")
     p.add_argument("--device", default=default_device, help=f"default: {default_device}")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="CPU workers for both")
     p.add_argument("--batch", type=int, default=256 if default_device == "cuda" else 64)
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--image-size", type=int, help="default 224 (bench-train on a CPU: 128)")
     p.add_argument("--warmup", type=int, default=5, help="batches before timing")
     p.add_argument("--batches", type=int, default=30, help="timed batches")
     p.add_argument("--json", help="where to write the JSON (default: benchmarks/results/...)")
-    return p.parse_args(argv)
+    p.add_argument("--depth", type=int, default=50, choices=[50, 101, 152], help="train: depth")
+    p.add_argument("--sd", default="off", help="train: SD modes to time, e.g. off,batch,sample")
+    p.add_argument("--compile", action="store_true", help="train: torch.compile the model")
+    p.add_argument("--fp32", action="store_true", help="train: no mixed precision")
+    args = p.parse_args(argv)
+    if args.image_size is None:
+        args.image_size = 224 if args.device.startswith("cuda") or args.what == "input" else 128
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    result = bench_input(args)
+    result = bench_input(args) if args.what == "input" else bench_train(args)
     kind = "gpu" if args.device.startswith("cuda") else "cpu"
-    path = Path(args.json or f"benchmarks/results/{args.what}-{kind}.json")
+    name = args.what if args.what == "input" else f"train-rn{args.depth}"
+    path = Path(args.json or f"benchmarks/results/{name}-{kind}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")

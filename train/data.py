@@ -19,6 +19,7 @@ even empty.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -93,7 +94,9 @@ def decoder_kwargs(gpu: bool, knobs: PipelineKnobs) -> dict:
     }
 
 
-def read_shards(files, index_files, *, shard_id, num_shards, train, reader_seed, knobs):
+def read_shards(
+    files, index_files, *, shard_id, num_shards, train, reader_seed, knobs, reshuffle=True
+):
     """The webdataset reader: (jpeg bytes, class digits)."""
     from nvidia.dali import fn
 
@@ -105,7 +108,7 @@ def read_shards(files, index_files, *, shard_id, num_shards, train, reader_seed,
         num_shards=num_shards,
         random_shuffle=train,
         initial_fill=knobs.shuffle_buffer,
-        shuffle_after_epoch=train,  # whole tars reordered each epoch: same seed on all ranks
+        shuffle_after_epoch=train and reshuffle,  # whole tars reordered: same seed on all ranks
         seed=reader_seed,
         pad_last_batch=True,
         read_ahead=knobs.read_ahead,
@@ -129,15 +132,16 @@ def normalize(images, *, dtype, mirror=None):
 
 
 def train_pipeline(
-    files, index_files, *, image_size, shard_id, num_shards, reader_seed, gpu, dtype, knobs
-):
+    files, index_files, *, image_size, shard_id, num_shards, reader_seed, gpu, dtype, knobs,
+    reshuffle,
+):  # fmt: skip
     """Random-resized-crop (area 0.08-1, aspect 3/4-4/3) fused with decoding, resize, jitter,
     flip, normalize."""
     from nvidia.dali import fn, types
 
     jpegs, digits = read_shards(
         files, index_files, shard_id=shard_id, num_shards=num_shards, train=True,
-        reader_seed=reader_seed, knobs=knobs,
+        reader_seed=reader_seed, knobs=knobs, reshuffle=reshuffle,
     )  # fmt: skip
     images = fn.decoders.image_random_crop(
         jpegs,
@@ -160,8 +164,9 @@ def train_pipeline(
 
 
 def val_pipeline(
-    files, index_files, *, image_size, shard_id, num_shards, reader_seed, gpu, dtype, knobs
-):
+    files, index_files, *, image_size, shard_id, num_shards, reader_seed, gpu, dtype, knobs,
+    reshuffle,
+):  # fmt: skip
     """Decode, resize the shorter side to image_size / 0.875, centre crop (or a plain resize)."""
     from nvidia.dali import fn, types
 
@@ -248,6 +253,7 @@ def make_loader(
     device: str | torch.device = "cpu",
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    epoch: int | None = None,
     **knobs,
 ) -> DaliLoader:
     """A DALI loader over one split of a shards folder, for this rank of world_size.
@@ -256,6 +262,12 @@ def make_loader(
     nvJPEG and augments on that GPU. `seed` seeds the reader identically on every rank (the
     epoch reshuffle must agree); augmentations are seeded with seed + rank. `dtype` is
     float32 or float16; knobs are the fields of PipelineKnobs.
+
+    Without `epoch` the loader runs epoch after epoch and DALI reorders the tars after each.
+    With `epoch` (the trainer's way) it serves that one epoch of train data, which is then a
+    pure function of (seed, epoch): the tar order is permuted with (seed, epoch) and each rank
+    takes shard (rank + epoch) mod world_size, so a resumed run sees what an uninterrupted one
+    would have seen.
     """
     from nvidia.dali import pipeline_def
 
@@ -271,8 +283,12 @@ def make_loader(
     options = PipelineKnobs(**knobs)
     manifest = load_manifest(shards_dir)
     info = manifest["splits"][split]
-    files = [str(Path(shards_dir) / s["tar"]) for s in info["shards"]]
-    index_files = [str(Path(shards_dir) / s["index"]) for s in info["shards"]]
+    order = list(range(len(info["shards"])))
+    if epoch is not None and split == "train":
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        rank, seed = (rank + epoch) % world_size, seed * 1_000_003 + epoch
+    files = [str(Path(shards_dir) / info["shards"][i]["tar"]) for i in order]
+    index_files = [str(Path(shards_dir) / info["shards"][i]["index"]) for i in order]
     device = torch.device(device)
     gpu = device.type == "cuda"
     device_id = (
@@ -289,6 +305,7 @@ def make_loader(
         gpu=gpu,
         dtype=dtype,
         knobs=options,
+        reshuffle=epoch is None,
         batch_size=batch_size,
         num_threads=options.num_threads,
         device_id=device_id,

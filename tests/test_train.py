@@ -1,0 +1,328 @@
+"""train/: the trainer end to end on the CPU, on generated shards at a small image size."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from train import checkpoint
+from train.config import ConfigError, check, parse_config
+from train.logs import HISTORY_FIELDS
+from train.main import batches_per_epoch, main
+from train.schedule import FINAL_LR, lr_at
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--image_size", "32", "--batch", "8", "--workers", "2", "--warmup_epochs", "1"]
+
+
+def run_main(shards: Path, out: Path, *extra: str) -> int:
+    return main(["--data_dir", str(shards), "--out", str(out), *FAST, *extra])
+
+
+def spawn(shards: Path, out: Path, *extra: str, **kwargs) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "train",
+        "--data_dir",
+        str(shards),
+        "--out",
+        str(out),
+        *FAST,
+        *extra,
+    ]
+    return subprocess.Popen(cmd, cwd=ROOT, **kwargs)
+
+
+def history(out: Path) -> list[dict]:
+    with open(out / "training_history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    """History without the timing columns, which differ between any two runs."""
+    return [
+        {k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")}
+        for r in rows
+    ]
+
+
+def scalars(out: Path, tag: str) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars(tag)}
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tiny_shards, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    assert run_main(tiny_shards, out, "--epochs", "2", "--log_every", "1", "--sd", "1") == 0
+    return out
+
+
+def test_a_two_epoch_run_writes_every_output(two_epochs, tiny_shards):
+    out = two_epochs
+    for name in (
+        "last.pt",
+        "best.pt",
+        "training_history.csv",
+        "training_summary.csv",
+        "training_summary.json",
+        "config.json",
+    ):
+        assert (out / name).is_file(), name
+    rows = history(out)
+    assert list(rows[0]) == HISTORY_FIELDS
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for r in rows:
+        assert math.isfinite(float(r["train_loss"])) and 0 <= float(r["train_top1"]) <= 1
+        assert 0 <= float(r["val_top1"]) <= float(r["val_top5"]) <= 1
+        assert float(r["epoch_seconds"]) > 0 and float(r["images_per_second"]) > 0
+    summary = json.loads((out / "training_summary.json").read_text())
+    best = max(rows, key=lambda r: float(r["val_top1"]))
+    assert summary["best_top1"] == pytest.approx(float(best["val_top1"]))
+    assert summary["final_top1"] == pytest.approx(float(rows[-1]["val_top1"]))
+    assert summary["epochs_completed"] == 2 and summary["config"]["sd"] == 1
+    assert summary["parameters"] > 20_000_000
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["depth"] == 50 and config["derived"]["lr"] == pytest.approx(
+        0.1 * 8 / 256
+    )
+    assert "torch" in config["machine"] and config["code_version"]
+    last = checkpoint.load(out / "last.pt")
+    assert last["epoch"] == 2 and last["batches_done"] == 0 and len(last["history"]) == 2
+    assert "fc.weight" in last["model"] and last["num_classes"] == 3
+    assert {"torch", "python", "numpy", "stochastic_depth"} <= set(last["rng"])
+    assert len(scalars(out, "train/loss")) >= 4 and set(scalars(out, "epoch/val_top1")) == {1, 2}
+    # exact validation counts: every val sample once
+    manifest = json.loads((tiny_shards / "manifest.json").read_text())
+    assert all(
+        r["val_samples"] == manifest["splits"]["val"]["num_samples"] for r in last["history"]
+    )
+    assert all(
+        r["train_samples"] == manifest["splits"]["train"]["num_samples"] for r in last["history"]
+    )
+
+
+def test_the_lr_follows_warmup_and_cosine_at_every_step(two_epochs):
+    logged = scalars(two_epochs, "train/lr")
+    config = json.loads((two_epochs / "config.json").read_text())
+    steps_per_epoch = config["derived"]["steps_per_epoch"]
+    base = config["derived"]["lr"]
+    assert sorted(logged) == list(range(2 * steps_per_epoch))  # log_every 1: every step
+    for step, value in logged.items():
+        expected = lr_at(
+            step, base_lr=base, warmup_steps=steps_per_epoch, total_steps=2 * steps_per_epoch
+        )
+        assert value == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
+def test_lr_formula_at_chosen_steps():
+    def lr(step):
+        return lr_at(step, base_lr=0.4, warmup_steps=10, total_steps=110)
+
+    assert lr(0) == 0.0
+    assert lr(5) == pytest.approx(0.2)
+    assert lr(10) == pytest.approx(0.4)
+    assert lr(60) == pytest.approx(
+        FINAL_LR + (0.4 - FINAL_LR) * 0.5 * (1 + math.cos(math.pi * 50 / 99))
+    )
+    assert lr(109) == pytest.approx(FINAL_LR)
+    assert all(lr(s) >= lr(s + 1) for s in range(10, 109))
+
+
+def test_batches_per_epoch_match_dali_padding():
+    assert batches_per_epoch(13, 3, 4) == (2, True)  # shards 4, 4, 5: two empty last batches
+    assert batches_per_epoch(13, 2, 4) == (2, False)  # shards 6, 7: last batches of 2 and 3
+    assert batches_per_epoch(21, 1, 4) == (6, True)  # a last batch of 1
+    assert batches_per_epoch(1_281_167, 8, 32) == (5005, False)
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--batch", "10", "--accum", "3"], "not divisible by ranks x accum = 1 x 3"),
+        (["--pL", "1.5"], "--pL 1.5 must be in (0, 1]"),
+        (["--pL", "0"], "--pL 0.0 must be in (0, 1]"),
+        (["--image_size", "40"], "multiple of 32"),
+        (["--resume", "/nowhere/last.pt"], "no such checkpoint"),
+        (["--warmup_epochs", "9", "--epochs", "3"], "--warmup_epochs 9.0 must be in [0, --epochs]"),
+    ],
+)
+def test_impossible_flags_are_refused_clearly(flags, message):
+    with pytest.raises(ConfigError) as e:
+        check(parse_config(flags), world_size=1)
+    assert message in str(e.value)
+
+
+def test_batch_must_divide_over_ranks():
+    with pytest.raises(ConfigError, match="not divisible by ranks x accum = 3 x 1"):
+        check(parse_config(["--batch", "256"]), world_size=3)
+
+
+def test_cli_errors_name_the_problem_without_a_traceback(tiny_imagenet, tmp_path):
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "train", *args], cwd=ROOT, capture_output=True, text=True
+        )
+
+    raw = run("--data_dir", str(tiny_imagenet["root"]), "--out", str(tmp_path / "o"))
+    assert (
+        raw.returncode == 2 and "make shards DATA=" in raw.stderr and "Traceback" not in raw.stderr
+    )
+    depth = run("--depth", "34")
+    assert depth.returncode == 2 and "invalid choice: 34" in depth.stderr
+    bad = run("--data_dir", str(tmp_path), "--pL", "2", "--batch", "7", "--accum", "2")
+    assert bad.returncode == 2 and "--pL 2.0" in bad.stderr and "--batch 7" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    helptext = run("--help").stdout
+    for flag in (
+        "--data_dir",
+        "--sd_mode",
+        "--pL",
+        "--mixup",
+        "--amp_dtype",
+        "--resume",
+        "--hw_decoder_load",
+        "--synthetic",
+    ):
+        assert flag in helptext
+
+
+def test_resume_with_another_architecture_is_refused(two_epochs, tiny_shards, capsys):
+    assert run_main(tiny_shards, two_epochs, "--epochs", "3", "--depth", "101") == 2
+    assert "--depth 50 (now 101)" in capsys.readouterr().err
+
+
+def test_a_non_finite_loss_stops_cleanly_and_keeps_good_checkpoints(tiny_shards, tmp_path, capsys):
+    out = tmp_path / "nan"
+    assert run_main(tiny_shards, out, "--epochs", "1") == 0
+    good = checkpoint.load(out / "last.pt")
+    best = (out / "best.pt").read_bytes()
+    code = run_main(tiny_shards, out, "--epochs", "3", "--lr", "1e30", "--log_every", "1")
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "non-finite at epoch 2, step" in err
+    after = checkpoint.load(out / "last.pt")
+    assert after["epoch"] == 1  # the last good state
+    for k, v in good["model"].items():
+        assert torch.equal(after["model"][k], v)
+    assert (out / "best.pt").read_bytes() == best
+    assert all(torch.isfinite(v).all() for v in after["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_reproduces_an_uninterrupted_run(tiny_shards, tmp_path):
+    flags = ["--epochs", "3", "--sd", "1", "--mixup", "0.2", "--log_every", "1"]
+    reference = tmp_path / "reference"
+    assert run_main(tiny_shards, reference, *flags) == 0
+    out = tmp_path / "killed"
+    proc = spawn(tiny_shards, out, *flags, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "training_history.csv").exists():
+        time.sleep(0.05)
+    time.sleep(1.0)  # into epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(history(out)) == 1  # killed during epoch 2: epoch 1 is kept
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "train",
+            "--data_dir",
+            str(tiny_shards),
+            "--out",
+            str(out),
+            *FAST,
+            *flags,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "resuming from" in result.stdout + result.stderr
+    assert comparable(history(out)) == comparable(history(reference))
+    a, b = (
+        checkpoint.load(out / "last.pt")["model"],
+        checkpoint.load(reference / "last.pt")["model"],
+    )
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_mid_epoch_and_the_resumed_run_ends_as_an_uninterrupted_one(
+    tiny_shards, tmp_path
+):
+    flags = ["--epochs", "2", "--log_every", "1", "--batch", "4"]
+    reference = tmp_path / "reference"
+    assert run_main(tiny_shards, reference, *flags) == 0
+    out = tmp_path / "term"
+    proc = spawn(
+        tiny_shards, out, *flags, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((out / "tensorboard").glob("events*")):
+        time.sleep(0.05)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert "rerun the same command to resume" in output
+    saved = checkpoint.load(out / "last.pt")
+    assert saved["batches_done"] > 0 or saved["epoch"] > 0
+    assert run_main(tiny_shards, out, *flags) == 0
+    assert comparable(history(out)) == comparable(history(reference))
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_with_batch_stochastic_depth_stay_identical(tiny_shards, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "train",
+        "--data_dir",
+        str(tiny_shards),
+        "--out",
+        str(out),
+        *FAST,
+        "--epochs",
+        "2",
+        "--sd",
+        "1",
+        "--sd_mode",
+        "batch",
+        "--pL",
+        "0.5",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    last = checkpoint.load(out / "last.pt")
+    manifest = json.loads((tiny_shards / "manifest.json").read_text())
+    for row in last["history"]:
+        assert row["replicas_identical"] is True  # per-tensor sums equal on both ranks
+        assert row["val_samples"] == manifest["splits"]["val"]["num_samples"]  # summed exactly
+        assert row["train_samples"] == manifest["splits"]["train"]["num_samples"]
+    assert json.loads((out / "config.json").read_text())["derived"]["world_size"] == 2
+    assert result.stdout.count("epoch 1/2:") == 1  # one summary line: rank 0 only

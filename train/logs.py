@@ -1,0 +1,138 @@
+"""What a run writes beside its checkpoints: config.json, training_history.csv,
+training_summary.csv/.json and TensorBoard events. Every file is written under a temporary
+name and renamed."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+HISTORY_FIELDS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_top1",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "epoch_seconds",
+    "images_per_second",
+]
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def csv_text(rows: list[dict], columns: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+    return buffer.getvalue()
+
+
+def write_history(out: Path, history: list[dict]) -> None:
+    write_atomic(out / "training_history.csv", csv_text(history, HISTORY_FIELDS))
+
+
+def summarize(history: list[dict], *, parameters: int, total_seconds: float, config: dict) -> dict:
+    evaluated = [r for r in history if r.get("val_top1") is not None]
+    best = max(evaluated, key=lambda r: r["val_top1"], default=None)
+    final = evaluated[-1] if evaluated else None
+    return {
+        "epochs_completed": len(history),
+        "best_top1": best and best["val_top1"],
+        "best_top5": best and best["val_top5"],
+        "best_epoch": best and best["epoch"],
+        "final_top1": final and final["val_top1"],
+        "final_top5": final and final["val_top5"],
+        "final_train_loss": history[-1]["train_loss"] if history else None,
+        "total_seconds": round(total_seconds, 1),
+        "mean_images_per_second": round(
+            sum(r["images_per_second"] for r in history) / max(1, len(history)), 1
+        ),
+        "parameters": parameters,
+        "config": config,
+    }
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    write_atomic(out / "training_summary.json", json.dumps(summary, indent=1) + "\n")
+    flat = {k: v for k, v in summary.items() if k != "config"}
+    flat.update({f"config.{k}": v for k, v in summary["config"].items() if k != "dali"})
+    write_atomic(out / "training_summary.csv", csv_text([flat], list(flat)))
+
+
+def code_version() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=here, capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+        return result.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine_facts(device: torch.device, world_size: int) -> dict:
+    facts = {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "world_size": world_size,
+        "device": str(device),
+    }
+    try:
+        import nvidia.dali
+
+        facts["dali"] = nvidia.dali.__version__
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(device)
+        facts["cuda"] = torch.version.cuda
+    return facts
+
+
+class Board:
+    """TensorBoard on rank 0 (a no-op elsewhere). purge_step drops the events a killed run
+    wrote after its last checkpoint, so that a resumed run's curves have no doubles."""
+
+    def __init__(self, out: Path, enabled: bool, purge_step: int | None) -> None:
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=purge_step)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for tag, value in values.items():
+                if value is not None:
+                    self.writer.add_scalar(tag, value, step)
+
+    def hparams(self, hparams: dict, metrics: dict) -> None:
+        if self.writer is not None:
+            clean = {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool))}
+            self.writer.add_hparams(
+                clean, {k: v for k, v in metrics.items() if v is not None}, run_name="."
+            )
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,215 @@
+"""One training epoch and one evaluation: plain functions over a `Run`.
+
+Metrics are accumulated on the device and read back only at log points (every
+cfg.log_every steps) and at the end of the epoch: no GPU->CPU sync in the hot loop. A
+non-finite loss is recorded on the device at the step it happens and reported at the next
+log point, naming that step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from train.config import Derived, TrainConfig
+from train.logs import Board
+from train.schedule import lr_at
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, epoch: int, step: int) -> None:
+        super().__init__(
+            f"the training loss became non-finite at epoch {epoch + 1}, step {step} (global); "
+            "last.pt and best.pt hold the last good weights. Lower --lr, or try "
+            "--amp_dtype bf16 / --no_mixed_precision"
+        )
+        self.epoch, self.step = epoch, step
+
+
+class Interrupted(Exception):
+    """A stop was requested (SIGTERM, SIGINT): the epoch stopped after `batches_done`."""
+
+    def __init__(self, batches_done: int, totals: torch.Tensor, seconds: float) -> None:
+        super().__init__("interrupted")
+        self.batches_done, self.totals, self.seconds = batches_done, totals, seconds
+
+
+@dataclass
+class Run:
+    """What the epoch functions need; built once by train.main."""
+
+    cfg: TrainConfig
+    d: Derived
+    model: torch.nn.Module  # the plain model: checkpoints and evaluation
+    train_model: torch.nn.Module  # what the training step calls (DDP and/or compiled)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    board: Board
+    steps_per_epoch: int  # optimizer steps
+    batches_per_epoch: int  # loader batches used per epoch
+    skip_last_batch: bool  # some rank's last batch is empty: every rank skips it
+    warmup_steps: int
+    total_steps: int
+    stop_requested: list[bool] = field(default_factory=lambda: [False])
+
+
+def mixup(images, labels, alpha: float):
+    """One lambda ~ Beta(alpha, alpha) per batch, drawn on the device; pairs by permutation."""
+    concentration = torch.tensor(alpha, device=images.device)
+    lam = torch.distributions.Beta(concentration, concentration).sample()
+    perm = torch.randperm(images.shape[0], device=images.device)
+    mixed = lam.to(images.dtype) * images + (1 - lam).to(images.dtype) * images[perm]
+    return mixed, labels[perm], lam
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def stop_agreed(run: Run) -> bool:
+    """Whether any rank was asked to stop (all ranks must stop at the same step)."""
+    flag = torch.tensor([float(bool(run.stop_requested[0]))], device=run.d.device)
+    if run.d.world_size > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def train_step(run: Run, images, labels, boundary: bool):
+    """Forward and backward of one micro-batch; an optimizer step at accumulation boundaries.
+    DDP all-reduces gradients only at boundaries. Returns (loss, logits), still on the device."""
+    cfg, d, model = run.cfg, run.d, run.train_model
+    sync = contextlib.nullcontext() if boundary or d.world_size == 1 else model.no_sync()
+    with sync:
+        with torch.autocast(d.device.type, dtype=d.amp_dtype, enabled=d.amp):
+            if cfg.mixup > 0:
+                mixed, other, lam = mixup(images, labels, cfg.mixup)
+                logits = model(mixed)  # (B, num_classes)
+                loss = lam * F.cross_entropy(
+                    logits, labels, label_smoothing=cfg.label_smoothing
+                ) + (1 - lam) * F.cross_entropy(logits, other, label_smoothing=cfg.label_smoothing)
+            else:
+                logits = model(images)  # (B, num_classes)
+                loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+        run.scaler.scale(loss / cfg.accum).backward()
+    if boundary:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.optimizer.zero_grad(set_to_none=True)
+    return loss, logits
+
+
+def train_one_epoch(
+    run: Run,
+    batches: Iterable,
+    epoch: int,
+    *,
+    start_batch: int = 0,
+    totals: torch.Tensor | None = None,
+    seconds_before: float = 0.0,
+) -> dict:
+    """Train one epoch from batch `start_batch` on; returns the epoch's train metrics."""
+    cfg, d, model = run.cfg, run.d, run.train_model
+    model.train()
+    # (loss sum, correct, samples) of this rank, on the device
+    totals = torch.zeros(3, device=d.device) if totals is None else totals.to(d.device)
+    bad_step = torch.full((), -1, dtype=torch.long, device=d.device)
+    last = run.batches_per_epoch - (2 if run.skip_last_batch else 1)  # index of the last used
+    bar = tqdm(
+        total=last + 1,
+        initial=start_batch,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        unit="batch",
+        disable=d.rank != 0,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    start = time.perf_counter()
+    done = start_batch
+    lr = 0.0
+    for i, (images, labels) in enumerate(batches):
+        if i > last:
+            break
+        if i < start_batch:  # resuming mid-epoch: these batches were trained before the stop
+            continue
+        micro = i % cfg.accum
+        step = epoch * run.steps_per_epoch + i // cfg.accum
+        if micro == 0:
+            lr = lr_at(
+                step, base_lr=d.lr, warmup_steps=run.warmup_steps, total_steps=run.total_steps
+            )
+            set_lr(run.optimizer, lr)
+        boundary = micro == cfg.accum - 1 or i == last
+        loss, logits = train_step(run, images, labels, boundary)
+        with torch.no_grad():
+            n = labels.shape[0]
+            hits = (logits.argmax(1) == labels).sum()
+            # torch.full launches a fill on the device: no host-to-device copy, no sync
+            samples = torch.full((), float(n), device=d.device)
+            totals += torch.stack([loss.detach().float() * n, hits.float(), samples])
+            bad_step = torch.where(torch.isfinite(loss) | (bad_step >= 0), bad_step, step)
+        done = i + 1
+        if done % cfg.log_every == 0 or i == last:  # a log point: the only host syncs
+            if bad_step.item() >= 0:
+                raise NonFiniteLoss(epoch, int(bad_step.item()))
+            bar.update(done - bar.n)
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4f}")
+            run.board.scalars({"train/loss": loss.item(), "train/lr": lr}, step)
+            if stop_agreed(run):
+                bar.close()
+                raise Interrupted(done, totals, seconds_before + time.perf_counter() - start)
+    bar.close()
+    if d.device.type == "cuda":
+        torch.cuda.synchronize(d.device)
+    seconds = seconds_before + time.perf_counter() - start
+    if d.world_size > 1:
+        dist.all_reduce(totals)
+    loss_sum, correct, count = totals.tolist()
+    return {
+        "lr": lr,
+        "train_loss": loss_sum / max(count, 1),
+        "train_top1": correct / max(count, 1),
+        "epoch_seconds": seconds,
+        "images_per_second": count / max(seconds, 1e-9),
+        "train_samples": int(count),
+    }
+
+
+@torch.no_grad()
+def evaluate(run: Run, batches: Iterable) -> dict:
+    """Loss, top-1 and top-5 over every val sample, summed exactly over all ranks."""
+    d, model = run.d, run.model
+    model.eval()
+    sums = torch.zeros(4, device=d.device)  # loss sum, top-1 hits, top-5 hits, samples
+    for images, labels in batches:
+        if labels.numel() == 0:  # a rank's last batch may be empty
+            continue
+        with torch.autocast(d.device.type, dtype=d.amp_dtype, enabled=d.amp):
+            logits = model(images)
+        logits = logits.float()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
+        hits = top == labels[:, None]
+        sums += torch.stack(
+            [
+                F.cross_entropy(logits, labels, reduction="sum"),
+                hits[:, 0].sum().float(),
+                hits.any(1).sum().float(),
+                torch.tensor(float(labels.numel()), device=d.device),
+            ]
+        )
+    if d.world_size > 1:
+        dist.all_reduce(sums)
+    loss_sum, top1, top5, count = sums.tolist()
+    return {
+        "val_loss": loss_sum / max(count, 1),
+        "val_top1": top1 / max(count, 1),
+        "val_top5": top5 / max(count, 1),
+        "val_samples": int(count),
+    }
