@@ -17,7 +17,7 @@ ARGS ?=
 # Install only when the default interpreter (the venv) is used.
 INSTALL_DEP := $(if $(filter $(VENV_PYTHON),$(PYTHON)),install)
 
-.PHONY: install test test-slow test-gpu lint models shards verify-shards bench-prep bench-input bench-train train
+.PHONY: install test test-slow test-gpu lint models shards verify-shards bench-prep bench-input bench-train train compare
 
 install: .venv/.installed
 
@@ -77,3 +77,10 @@ bench-train: $(INSTALL_DEP)
 train: $(INSTALL_DEP)
 	$(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS) -m train \
 	  --data_dir "$(SHARDS)" --out "$(OUT)" --depth $(DEPTH) --sd $(SD) $(ARGS)
+
+# Baseline and stochastic depth, everything else equal, then the side-by-side report.
+# MODE=parallel runs both at once, each on half of the visible GPUs.
+MODE ?= sequential
+compare: $(INSTALL_DEP)
+	$(PYTHON) -m train.compare --data_dir "$(SHARDS)" --out "results/compare-rn$(DEPTH)" \
+	  --depth $(DEPTH) --mode $(MODE) $(if $(filter parallel,$(MODE)),--gpu_split) $(ARGS)
