@@ -17,7 +17,7 @@ ARGS ?=
 # Install only when the default interpreter (the venv) is used.
 INSTALL_DEP := $(if $(filter $(VENV_PYTHON),$(PYTHON)),install)
 
-.PHONY: install test test-slow test-gpu lint models shards verify-shards bench-prep bench-input bench-train train compare
+.PHONY: install test test-slow test-gpu lint models shards verify-shards bench-prep bench-input bench-train train compare demo
 
 install: .venv/.installed
 
@@ -84,3 +84,7 @@ MODE ?= sequential
 compare: $(INSTALL_DEP)
 	$(PYTHON) -m train.compare --data_dir "$(SHARDS)" --out "results/compare-rn$(DEPTH)" \
 	  --depth $(DEPTH) --mode $(MODE) $(if $(filter parallel,$(MODE)),--gpu_split) $(ARGS)
+
+# The whole product on scikit-learn's handwritten digits: prep, baseline vs SD, comparison.
+demo: $(INSTALL_DEP)
+	$(PYTHON) -m train.demo $(ARGS)

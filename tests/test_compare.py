@@ -99,3 +99,15 @@ def test_parallel_mode_prefixes_each_line_with_the_run_name(tiny_shards, tmp_pat
     assert any(line.startswith("[baseline] epoch 1/1:") for line in lines)
     assert any(line.startswith("[sd] epoch 1/1:") for line in lines)
     assert (tmp_path / "par" / "comparison.png").is_file()
+
+
+@pytest.mark.slow
+def test_the_demo_runs_end_to_end_and_reaches_its_target(tmp_path):
+    cmd = [sys.executable, "-m", "train.demo", "--out", str(tmp_path / "demo")]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert "reached the demo's target of 90%" in summary
+    for name in ("baseline", "sd"):
+        final = json.loads((tmp_path / "demo/compare" / name / "training_summary.json").read_text())
+        assert final["final_top1"] >= 0.9 and final["epochs_completed"] == 10

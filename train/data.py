@@ -44,6 +44,8 @@ class PipelineKnobs:
     prefetch: int = 2  # batches DALI prepares ahead (prefetch_queue_depth)
     shuffle_buffer: int = 4096  # samples in the reader's shuffle buffer (initial_fill)
     color_jitter: bool = True  # brightness +-40%, contrast and saturation 0.8-1.2 (train)
+    flip: bool = True  # random horizontal flip, p = 0.5 (train)
+    crop_area_min: float = 0.08  # random-resized-crop area range [crop_area_min, 1] (train)
     val_plain_resize: bool = False  # val: plain SxS resize (distorts) instead of 256 + crop
     hw_decoder_load: float = 0.65  # share of JPEGs sent to the hardware decoder (A100/H100)
     # nvJPEG buffers preallocated for ImageNet's largest images, so that no batch reallocates.
@@ -135,8 +137,8 @@ def train_pipeline(
     files, index_files, *, image_size, shard_id, num_shards, reader_seed, gpu, dtype, knobs,
     reshuffle,
 ):  # fmt: skip
-    """Random-resized-crop (area 0.08-1, aspect 3/4-4/3) fused with decoding, resize, jitter,
-    flip, normalize."""
+    """Random-resized-crop (area crop_area_min-1, default 0.08-1; aspect 3/4-4/3) fused with
+    decoding, resize, jitter, flip, normalize."""
     from nvidia.dali import fn, types
 
     jpegs, digits = read_shards(
@@ -146,7 +148,7 @@ def train_pipeline(
     images = fn.decoders.image_random_crop(
         jpegs,
         output_type=types.RGB,
-        random_area=[0.08, 1.0],
+        random_area=[knobs.crop_area_min, 1.0],
         random_aspect_ratio=[3 / 4, 4 / 3],
         num_attempts=100,
         **decoder_kwargs(gpu, knobs),
@@ -159,7 +161,8 @@ def train_pipeline(
             contrast=fn.random.uniform(range=[0.8, 1.2]),
             saturation=fn.random.uniform(range=[0.8, 1.2]),
         )
-    images = normalize(images, dtype=dtype, mirror=fn.random.coin_flip(probability=0.5))
+    mirror = fn.random.coin_flip(probability=0.5) if knobs.flip else None
+    images = normalize(images, dtype=dtype, mirror=mirror)
     return images, digits.gpu() if gpu else digits
 
 
