@@ -97,8 +97,31 @@ class Derived:
     sd_mode: str  # "off", "batch" or "sample"
 
 
-def knob_flag(name: str) -> str:
-    return f"--{name}"
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default, unless the help text already says what the default is."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or isinstance(action.default, bool):
+            return text
+        return super()._get_help_string(action)
+
+
+def add_flag(p, name: str, default, kind: str, help: str, choices=None) -> None:
+    """One flag in the seed's style: --name VALUE; booleans as --name or --no_name."""
+    help = help.replace("%", "%%")  # argparse formats help strings with %
+    if kind == "bool" and default:
+        p.add_argument(f"--no_{name}", dest=name, action="store_false", help=f"turn off: {help}")
+    elif kind == "bool":
+        p.add_argument(f"--{name}", action="store_true", help=help)
+    elif kind == "bool | None":  # tri-state: None lets the device decide
+        p.add_argument(f"--{name}", action="store_const", const=True, default=None, help=help)
+        p.add_argument(
+            f"--no_{name}", dest=name, action="store_const", const=False, help="turn off"
+        )
+    else:
+        types = {"int": int, "float": float, "str": str, "float | None": float, "str | None": str}
+        p.add_argument(f"--{name}", type=types[kind], default=default, choices=choices, help=help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,46 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train ResNet-50/101/152 with or without stochastic depth on ImageNet shards "
         "(DALI input, AMP, DDP). One process: python -m train ...; several GPUs: torchrun "
         "--nproc_per_node=N -m train ... Rerunning with the same --out resumes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     for f in fields(TrainConfig):
-        if f.name == "dali":
-            continue
-        meta, flag = f.metadata, f"--{f.name}"
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action="store_true", help=meta["help"])
-        elif f.type in ("bool | None",):
-            p.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, help=meta["help"]
-            )
-        else:
-            kind = {
-                "int": int,
-                "float": float,
-                "str": str,
-                "float | None": float,
-                "str | None": str,
-            }[f.type]
-            p.add_argument(
-                flag, type=kind, default=f.default, choices=meta.get("choices"), help=meta["help"]
-            )
+        if f.name != "dali":
+            add_flag(p, f.name, f.default, f.type, f.metadata["help"], f.metadata.get("choices"))
     group = p.add_argument_group("DALI pipeline knobs")
-    defaults = PipelineKnobs()
     for f in fields(PipelineKnobs):
-        if f.name == "num_threads":
-            continue  # --workers
-        default = getattr(defaults, f.name)
-        if isinstance(default, bool):
-            group.add_argument(
-                knob_flag(f.name),
-                action=argparse.BooleanOptionalAction,
-                default=default,
-                help=f"(default {default})",
-            )
-        else:
-            group.add_argument(
-                knob_flag(f.name), type=type(default), default=default, help=f"(default {default})"
-            )
+        if f.name != "num_threads":  # that one is --workers
+            add_flag(group, f.name, f.default, f.type, f.metadata["help"])
     return p
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -36,24 +36,28 @@ class ShardsError(Exception):
     """The shards folder is missing, incomplete or not made by `make shards`."""
 
 
+def knob(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class PipelineKnobs:
     """DALI settings; the defaults suit one H100 with 16 CPU cores and ImageNet JPEGs."""
 
-    num_threads: int = 8  # DALI CPU worker threads per pipeline (per rank)
-    prefetch: int = 2  # batches DALI prepares ahead (prefetch_queue_depth)
-    shuffle_buffer: int = 4096  # samples in the reader's shuffle buffer (initial_fill)
-    color_jitter: bool = True  # brightness +-40%, contrast and saturation 0.8-1.2 (train)
-    flip: bool = True  # random horizontal flip, p = 0.5 (train)
-    crop_area_min: float = 0.08  # random-resized-crop area range [crop_area_min, 1] (train)
-    val_plain_resize: bool = False  # val: plain SxS resize (distorts) instead of 256 + crop
-    hw_decoder_load: float = 0.65  # share of JPEGs sent to the hardware decoder (A100/H100)
+    num_threads: int = knob(8, "DALI CPU worker threads per pipeline (per rank)")
+    prefetch: int = knob(2, "batches DALI prepares ahead (prefetch_queue_depth)")
+    shuffle_buffer: int = knob(4096, "samples in the reader's shuffle buffer (initial_fill)")
+    color_jitter: bool = knob(True, "train: brightness +-40%, contrast and saturation 0.8-1.2")
+    flip: bool = knob(True, "train: random horizontal flip with p = 0.5")
+    crop_area_min: float = knob(0.08, "train: random-resized-crop area range [this, 1]")
+    val_plain_resize: bool = knob(False, "val: plain SxS resize (distorts) instead of 256 + crop")
+    hw_decoder_load: float = knob(0.65, "share of JPEGs sent to the hardware decoder (A100/H100)")
     # nvJPEG buffers preallocated for ImageNet's largest images, so that no batch reallocates.
-    preallocate_width_hint: int = 5980
-    preallocate_height_hint: int = 6430
-    device_memory_padding: int = 211_025_920  # bytes of headroom in nvJPEG's device buffers
-    host_memory_padding: int = 140_544_512  # bytes of headroom in its pinned host buffers
-    read_ahead: bool = False  # let the reader read whole tars ahead (slow network storage)
+    preallocate_width_hint: int = knob(5980, "nvJPEG: width to preallocate buffers for")
+    preallocate_height_hint: int = knob(6430, "nvJPEG: height to preallocate buffers for")
+    device_memory_padding: int = knob(211_025_920, "nvJPEG: bytes of headroom, device buffers")
+    host_memory_padding: int = knob(140_544_512, "nvJPEG: bytes of headroom, pinned host buffers")
+    read_ahead: bool = knob(False, "read whole tars ahead (slow network storage)")
 
 
 def knob_names() -> list[str]:

@@ -22,7 +22,7 @@ TARGET_TOP1 = 0.90
 # no digit). Ten epochs of one-epoch warmup and cosine decay reach about 98% on the CPU.
 TRAIN_FLAGS = [
     "--depth", "50", "--epochs", "10", "--image_size", "32", "--batch", "64",
-    "--warmup_epochs", "1", "--crop_area_min", "0.35", "--no-flip", "--no-color_jitter",
+    "--warmup_epochs", "1", "--crop_area_min", "0.35", "--no_flip", "--no_color_jitter",
     "--log_every", "10",
 ]  # fmt: skip
 
