@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     except PrepError as e:
         print(f"prep: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an unwritable OUT, a full disk while writing the manifest, ...
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"prep: error: {e.strerror or e}{where}; finished shards are kept", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(
             "prep: interrupted; finished shards are kept: rerun the same command to resume",

@@ -395,3 +395,40 @@ def test_tar_header_equals_tarfiles_ustar_header():
         assert tar_header(name, size) == reference
     with pytest.raises(ValueError, match="does not fit"):
         tar_header("x" * 101, 1)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 400 KB tmpfs (needs root, as CI has), grown later by remounting."""
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount_point)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_a_full_disk_is_a_clear_error_and_the_rerun_completes(tmp_path, small_disk):
+    from prep.imagenet_like import write_imagenet_like
+
+    root = tmp_path / "data"
+    write_imagenet_like(root, num_classes=2, train_per_class=8, val_per_class=2)  # ~2 MB
+    out = small_disk / "shards"
+    cmd = [sys.executable, "-m", "prep", str(root), str(out), "--shard-size", "2", "--workers", "1"]
+    full = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert full.returncode == 2
+    assert "No space left on device" in full.stderr and "Traceback" not in full.stderr
+    assert "finished shards are kept" in full.stderr
+    kept = sorted(p.name for p in out.glob("*.tar"))
+    assert kept and not list(out.glob("*.tmp.*"))  # no half-written shard left behind
+    subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stdout
+    reference = tmp_path / "reference"
+    build(root, reference, PrepOptions(shard_size=2), workers=1)
+    assert tree_bytes(out) == tree_bytes(reference)
+    verify(out)

@@ -326,3 +326,13 @@ def test_two_gloo_ranks_with_batch_stochastic_depth_stay_identical(tiny_shards, 
         assert row["train_samples"] == manifest["splits"]["train"]["num_samples"]
     assert json.loads((out / "config.json").read_text())["derived"]["world_size"] == 2
     assert result.stdout.count("epoch 1/2:") == 1  # one summary line: rank 0 only
+
+
+def test_cache_copies_the_shards_to_ram_and_removes_them_at_exit(tiny_shards, tmp_path, capsys):
+    out = tmp_path / "cached"
+    assert run_main(tiny_shards, out, "--epochs", "1", "--cache") == 0
+    said = capsys.readouterr().out
+    assert "--cache:" in said and "copied to /dev/shm/imagenet-shards-" in said
+    used = json.loads((out / "config.json").read_text())["derived"]["data_dir_used"]
+    assert used.startswith("/dev/shm/") and not Path(used).exists()  # removed at exit
+    assert len(history(out)) == 1

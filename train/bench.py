@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from datetime import date
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from train.data import IMAGENET_MEAN, IMAGENET_STD, make_loader
+from train.logs import machine_facts
 
 DEFAULT_DATA = "benchmarks/data/imagenet-like"
 DEFAULT_SHARDS = "benchmarks/data/imagenet-like-shards"
@@ -105,25 +105,6 @@ def dali_batches(shards: Path, batch: int, workers: int, image_size: int, device
         yield from loader
 
 
-def machine_facts(device: torch.device) -> dict:
-    facts = {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "device": str(device),
-    }
-    try:
-        import nvidia.dali
-
-        facts["dali"] = nvidia.dali.__version__
-    except ImportError:
-        pass
-    if device.type == "cuda":
-        facts["gpu"] = torch.cuda.get_device_name(device)
-        facts["cuda"] = torch.version.cuda
-    return facts
-
-
 def bench_input(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     shards = ensure_shards(args.shards, args.workers)
@@ -147,7 +128,7 @@ def bench_input(args: argparse.Namespace) -> dict:
     return {
         "benchmark": "input",
         "date": date.today().isoformat(),
-        "machine": machine_facts(device),
+        "machine": machine_facts(device, world_size=1),
         "shards": str(shards),
         "batch": args.batch,
         "image_size": args.image_size,
@@ -271,7 +252,7 @@ def bench_train(args: argparse.Namespace) -> dict:
     return {
         "benchmark": "train",
         "date": date.today().isoformat(),
-        "machine": machine_facts(device),
+        "machine": machine_facts(device, world_size=1),
         "depth": args.depth,
         "batch": args.batch,
         "image_size": args.image_size,

@@ -160,7 +160,10 @@ def train_one_epoch(
             if bad_step.item() >= 0:
                 raise NonFiniteLoss(epoch, int(bad_step.item()))
             bar.update(done - bar.n)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4f}")
+            rate = (
+                (done - start_batch) * d.micro_batch * d.world_size / (time.perf_counter() - start)
+            )
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4f}", img_s=f"{rate:.0f}")
             run.board.scalars({"train/loss": loss.item(), "train/lr": lr}, step)
             if stop_agreed(run):
                 bar.close()

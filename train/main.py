@@ -4,6 +4,7 @@ epoch train, evaluate, checkpoint and log. Reads top to bottom."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -133,10 +134,11 @@ def cache_shards(cfg: TrainConfig, d: Derived, manifest: dict) -> tuple[str, Pat
             f"reading {cfg.data_dir} directly",
         )
         return cfg.data_dir, None
-    target = (
-        ram
-        / f"imagenet-shards-{os.getuid()}-{abs(hash(str(Path(cfg.data_dir).resolve()))) % 10**8}"
-    )
+    # The same name on every rank of a node (hash() is salted per process; sha1 is not).
+    source_id = hashlib.sha1(str(Path(cfg.data_dir).resolve()).encode()).hexdigest()[:12]
+    target = ram / f"imagenet-shards-{os.getuid()}-{source_id}"
+    if d.world_size > 1:
+        dist.barrier()  # every rank has measured the free space before any copying starts
     if d.local_rank == 0:
         target.mkdir(exist_ok=True)
         for name in tqdm(files, desc="cache", unit="file", disable=d.rank != 0):
