@@ -146,7 +146,7 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     args = vars(build_parser().parse_args(argv))
     knob_names = {f.name for f in fields(PipelineKnobs)}
     knobs = {k: args.pop(k) for k in list(args) if k in knob_names}
-    knobs["num_threads"] = args["workers"]
+    knobs["num_threads"] = args["workers"]  # recorded in config.json as what it is
     return TrainConfig(**args, dali=PipelineKnobs(**knobs))
 
 

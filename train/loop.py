@@ -163,7 +163,7 @@ def train_one_epoch(
             rate = (
                 (done - start_batch) * d.micro_batch * d.world_size / (time.perf_counter() - start)
             )
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4f}", img_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4f}", img_s=f"{rate:.1f}")
             run.board.scalars({"train/loss": loss.item(), "train/lr": lr}, step)
             if stop_agreed(run):
                 bar.close()

@@ -211,6 +211,7 @@ def synthetic_batches(d: Derived, n: int, image_size: int, num_classes: int, see
 
 def loader_kwargs(cfg: TrainConfig, d: Derived) -> dict:
     knobs = {k: getattr(cfg.dali, k) for k in cfg.dali.__dataclass_fields__}
+    knobs["num_threads"] = cfg.workers  # --workers is the DALI thread count
     return {
         "batch_size": d.micro_batch,
         "image_size": cfg.image_size,
@@ -464,7 +465,7 @@ def epoch_line(row: dict, epochs: int) -> str:
     return (
         f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} top-1 "
         f"{fmt(row['train_top1'])} | {val} | lr {row['lr']:.5f} | {row['epoch_seconds']:.1f} s, "
-        f"{row['images_per_second']:.0f} img/s"
+        f"{row['images_per_second']:.1f} img/s"
     )
 
 
