@@ -350,6 +350,48 @@ def build_manifest(scanned: Scan, fp: dict, options: PrepOptions, records: list[
     }
 
 
+def check_complete(out: Path, manifest: dict) -> None:
+    """A finished OUT: every shard still there at the size the manifest says."""
+    for info in manifest["splits"].values():
+        for shard in info["shards"]:
+            tar = out / shard["tar"]
+            if not tar.is_file() or tar.stat().st_size != shard["bytes"]:
+                raise PrepError(
+                    f"{tar} is missing or changed since the run that wrote it; "
+                    "rerun with --overwrite to write the shards again"
+                )
+
+
+def pending_tasks(scanned: Scan, shards: dict, out: Path, options: PrepOptions):
+    """(the shards still to write, the images in the finished ones)."""
+    digits = cls_digits(len(scanned.classes))
+    tasks, done_images = [], 0
+    for split in SPLITS:
+        for i, samples in enumerate(shards[split]):
+            name = shard_name(split, i)
+            if load_record(out, name) is not None:
+                done_images += len(samples)
+                continue
+            tasks.append(
+                ShardTask(split, name, samples, scanned.root, str(out), options.quality,
+                          options.max_side, digits)
+            )  # fmt: skip
+    return tasks, done_images
+
+
+def print_summary(manifest: dict, out: Path, seconds: float) -> None:
+    for split in SPLITS:
+        info, c = manifest["splits"][split], manifest["splits"][split]["counts"]
+        print(
+            f"prep: {split}: {info['num_samples']} samples in {len(info['shards'])} shards: "
+            f"stored {c['stored']}, repaired {c['repaired']}, resized {c['resized']}, "
+            f"skipped {c['skipped']}"
+        )
+        for e in info["skipped"]:
+            print(f"prep: skipped {e['path']}: {e['reason']}")
+    print(f"prep: done in {seconds:.1f} s; manifest: {out / 'manifest.json'}")
+
+
 def build(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -369,14 +411,7 @@ def build(
     state = prepare_out(out, fp, overwrite)
     if state == "complete":
         manifest = json.loads((out / "manifest.json").read_text())
-        for info in manifest["splits"].values():
-            for shard in info["shards"]:
-                tar = out / shard["tar"]
-                if not tar.is_file() or tar.stat().st_size != shard["bytes"]:
-                    raise PrepError(
-                        f"{tar} is missing or changed since the run that wrote it; "
-                        "rerun with --overwrite to write the shards again"
-                    )
+        check_complete(out, manifest)
         print(f"prep: {out} is already complete (same input and options); nothing to do")
         return manifest
     (out / STATE_DIR).mkdir(exist_ok=True)
@@ -385,26 +420,7 @@ def build(
     for stale in out.glob("*.tmp.*"):  # left by a killed run
         stale.unlink()
 
-    digits = cls_digits(len(scanned.classes))
-    tasks, done_images = [], 0
-    for split in SPLITS:
-        for i, samples in enumerate(shards[split]):
-            name = shard_name(split, i)
-            if load_record(out, name) is not None:
-                done_images += len(samples)
-                continue
-            tasks.append(
-                ShardTask(
-                    split,
-                    name,
-                    samples,
-                    scanned.root,
-                    str(out),
-                    options.quality,
-                    options.max_side,
-                    digits,
-                )  # fmt: skip
-            )
+    tasks, done_images = pending_tasks(scanned, shards, out, options)
     total = sum(len(s) for split in SPLITS for s in shards[split])
     n_shards = sum(len(shards[s]) for s in SPLITS)
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
@@ -418,14 +434,10 @@ def build(
     if tasks:
         run_tasks(tasks, out, workers, total, done_images)
 
+    # A shard whose every image was skipped has a record but no files: nothing to read.
     records = [load_record(out, shard_name(s, i)) for s in SPLITS for i in range(len(shards[s]))]
     if any(r is None for r in records):
         raise PrepError(f"some shards in {out} went missing during the run; rerun to redo them")
-    for r in records:
-        if r["num_samples"] == 0:  # every image of the shard was skipped: nothing to read
-            for suffix in (".tar", ".idx"):
-                with contextlib.suppress(FileNotFoundError):
-                    (out / f"{r['name']}{suffix}").unlink()
     manifest = build_manifest(scanned, fp, options, records)
     skipped = [e for s in SPLITS for e in manifest["splits"][s]["skipped"]]
     if strict and skipped:
@@ -436,15 +448,5 @@ def build(
         )
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=1).encode())
     shutil.rmtree(out / STATE_DIR, ignore_errors=True)
-    elapsed = time.time() - start
-    for split in SPLITS:
-        c = manifest["splits"][split]["counts"]
-        print(
-            f"prep: {split}: {manifest['splits'][split]['num_samples']} samples in "
-            f"{len(manifest['splits'][split]['shards'])} shards: stored {c['stored']}, "
-            f"repaired {c['repaired']}, resized {c['resized']}, skipped {c['skipped']}"
-        )
-    for e in skipped:
-        print(f"prep: skipped {e['path']}: {e['reason']}")
-    print(f"prep: done in {elapsed:.1f} s; manifest: {out / 'manifest.json'}")
+    print_summary(manifest, out, time.time() - start)
     return manifest

@@ -268,6 +268,38 @@ def build_training(cfg: TrainConfig, d: Derived, num_classes: int):
 # ---------------------------------------------------------------------------- the run
 
 
+def write_config(
+    out: Path,
+    cfg,
+    d: Derived,
+    steps_per_epoch: int,
+    parameters: int,
+    num_classes: int,
+    data_dir: str,
+) -> None:
+    """config.json: the config, what was derived from it, the code version and the machine."""
+    derived = {
+        "lr": d.lr,
+        "micro_batch": d.micro_batch,
+        "world_size": d.world_size,
+        "amp": d.amp,
+        "amp_dtype": str(d.amp_dtype) if d.amp else "float32",
+        "channels_last": d.channels_last,
+        "device": str(d.device),
+        "steps_per_epoch": steps_per_epoch,
+        "parameters": parameters,
+        "num_classes": num_classes,
+        "data_dir_used": data_dir,
+    }
+    record = {
+        "config": to_dict(cfg),
+        "derived": derived,
+        "code_version": code_version(),
+        "machine": machine_facts(d.device, d.world_size),
+    }
+    write_atomic(out / "config.json", json.dumps(record, indent=1) + "\n")
+
+
 def train(cfg: TrainConfig, d: Derived, facts: dict, data_dir: str) -> int:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -317,31 +349,7 @@ def train(cfg: TrainConfig, d: Derived, facts: dict, data_dir: str) -> int:
     install_stop_handlers(run)
     parameters = sum(p.numel() for p in model.parameters())
     if d.rank == 0:
-        write_atomic(
-            out / "config.json",
-            json.dumps(
-                {
-                    "config": to_dict(cfg),
-                    "derived": {
-                        "lr": d.lr,
-                        "micro_batch": d.micro_batch,
-                        "world_size": d.world_size,
-                        "amp": d.amp,
-                        "amp_dtype": str(d.amp_dtype) if d.amp else "float32",
-                        "channels_last": d.channels_last,
-                        "device": str(d.device),
-                        "steps_per_epoch": steps_per_epoch,
-                        "parameters": parameters,
-                        "num_classes": facts["num_classes"],
-                        "data_dir_used": data_dir,
-                    },
-                    "code_version": code_version(),
-                    "machine": machine_facts(d.device, d.world_size),
-                },
-                indent=1,
-            )
-            + "\n",
-        )
+        write_config(out, cfg, d, steps_per_epoch, parameters, facts["num_classes"], data_dir)
     say(
         d,
         f"ResNet-{cfg.depth} ({cfg.variant}), stochastic depth {d.sd_mode}"
