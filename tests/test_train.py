@@ -233,10 +233,10 @@ def test_resume_after_kill_9_reproduces_an_uninterrupted_run(tiny_shards, tmp_pa
     deadline = time.time() + 300
     while time.time() < deadline and not (out / "training_history.csv").exists():
         time.sleep(0.05)
-    time.sleep(1.0)  # into epoch 2
+    time.sleep(0.3)  # into epoch 2 (or 3 on a fast machine: either is mid-run)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert len(history(out)) == 1  # killed during epoch 2: epoch 1 is kept
+    assert 1 <= len(history(out)) < 3  # killed mid-run: the finished epochs are kept
     result = subprocess.run(
         [
             sys.executable,
@@ -268,7 +268,7 @@ def test_resume_after_kill_9_reproduces_an_uninterrupted_run(tiny_shards, tmp_pa
 def test_sigterm_saves_mid_epoch_and_the_resumed_run_ends_as_an_uninterrupted_one(
     tiny_shards, tmp_path
 ):
-    flags = ["--epochs", "2", "--log_every", "1", "--batch", "4"]
+    flags = ["--epochs", "4", "--log_every", "1", "--batch", "4"]  # long enough to interrupt
     reference = tmp_path / "reference"
     assert run_main(tiny_shards, reference, *flags) == 0
     out = tmp_path / "term"
