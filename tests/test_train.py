@@ -336,3 +336,61 @@ def test_cache_copies_the_shards_to_ram_and_removes_them_at_exit(tiny_shards, tm
     used = json.loads((out / "config.json").read_text())["derived"]["data_dir_used"]
     assert used.startswith("/dev/shm/") and not Path(used).exists()  # removed at exit
     assert len(history(out)) == 1
+
+
+def test_synthetic_input_measures_the_model_alone(tmp_path):
+    out = tmp_path / "synthetic"
+    code = main(
+        [
+            "--synthetic",
+            "--data_dir",
+            str(tmp_path / "none"),
+            "--out",
+            str(out),
+            *FAST,
+            "--epochs",
+            "1",
+            "--warmup_epochs",
+            "0",
+            "--max_steps_per_epoch",
+            "2",
+        ]
+    )
+    assert code == 0
+    row = checkpoint.load(out / "last.pt")["history"][0]
+    assert row["train_samples"] == 2 * 8 and "val_top1" not in row  # no data: no validation
+    assert json.loads((out / "config.json").read_text())["derived"]["num_classes"] == 1000
+
+
+def test_gradient_accumulation_takes_one_step_per_accum_batches(tiny_shards, tmp_path):
+    out = tmp_path / "accum"
+    assert run_main(tiny_shards, out, "--epochs", "1", "--accum", "2", "--log_every", "1") == 0
+    derived = json.loads((out / "config.json").read_text())["derived"]
+    assert derived["micro_batch"] == 4
+    # 21 samples in micro-batches of 4: 6 batches, the last (1 sample) skipped, 3 steps
+    assert derived["steps_per_epoch"] == 3
+    assert sorted(scalars(out, "train/lr")) == [0, 1, 2]
+    assert checkpoint.load(out / "last.pt")["history"][0]["train_samples"] == 20
+
+
+def test_resume_none_starts_over_and_resume_path_continues_elsewhere(
+    two_epochs, tiny_shards, tmp_path, capsys
+):
+    fresh = tmp_path / "fresh"
+    assert run_main(tiny_shards, fresh, "--epochs", "1") == 0
+    assert run_main(tiny_shards, fresh, "--epochs", "1", "--resume", "none") == 0
+    assert "resuming" not in capsys.readouterr().out and len(history(fresh)) == 1
+    elsewhere = tmp_path / "elsewhere"
+    code = run_main(
+        tiny_shards,
+        elsewhere,
+        "--epochs",
+        "3",
+        "--sd",
+        "1",
+        "--resume",
+        str(two_epochs / "last.pt"),
+    )
+    assert code == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert [int(r["epoch"]) for r in history(elsewhere)] == [1, 2, 3]
