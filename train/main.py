@@ -325,6 +325,7 @@ def train(cfg: TrainConfig, d: Derived, facts: dict, data_dir: str) -> int:
         totals, seconds_before = ckpt["totals"], ckpt["seconds"]
 
     n_batches, skip_last = batches_per_epoch(facts["train"], d.world_size, d.micro_batch)
+    loader_batches = n_batches  # what DALI yields per epoch, before --max_steps_per_epoch
     if cfg.max_steps_per_epoch:
         n_batches, skip_last = min(n_batches, cfg.max_steps_per_epoch * cfg.accum), False
     steps_per_epoch = math.ceil((n_batches - int(skip_last)) / cfg.accum)
@@ -374,6 +375,11 @@ def train(cfg: TrainConfig, d: Derived, facts: dict, data_dir: str) -> int:
                 )
             else:
                 batches = make_loader(data_dir, "train", epoch=epoch, **loader_kwargs(cfg, d))
+                if len(batches) != loader_batches:  # the step count every rank relies on
+                    raise RuntimeError(
+                        f"DALI yields {len(batches)} batches per epoch, the trainer planned "
+                        f"{loader_batches}: please report this with config.json"
+                    )
             try:
                 row = train_one_epoch(
                     run,
