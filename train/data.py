@@ -290,10 +290,11 @@ def make_loader(
     options = PipelineKnobs(**knobs)
     manifest = load_manifest(shards_dir)
     info = manifest["splits"][split]
-    order = list(range(len(info["shards"])))
+    order, shard_id, reader_seed = list(range(len(info["shards"]))), rank, seed
     if epoch is not None and split == "train":
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        rank, seed = (rank + epoch) % world_size, seed * 1_000_003 + epoch
+        reader_seed = seed * 1_000_003 + epoch
+        random.Random(reader_seed).shuffle(order)
+        shard_id = (rank + epoch) % world_size
     files = [str(Path(shards_dir) / info["shards"][i]["tar"]) for i in order]
     index_files = [str(Path(shards_dir) / info["shards"][i]["index"]) for i in order]
     device = torch.device(device)
@@ -306,9 +307,9 @@ def make_loader(
         files,
         index_files,
         image_size=image_size,
-        shard_id=rank,
+        shard_id=shard_id,
         num_shards=world_size,
-        reader_seed=seed,
+        reader_seed=reader_seed,
         gpu=gpu,
         dtype=dtype,
         knobs=options,
@@ -316,7 +317,7 @@ def make_loader(
         batch_size=batch_size,
         num_threads=options.num_threads,
         device_id=device_id,
-        seed=seed + rank,  # augmentations: different on every rank
+        seed=reader_seed + rank,  # augmentations: different on every rank and epoch
         prefetch_queue_depth=options.prefetch,
     )
     return DaliLoader(pipe, num_samples=info["num_samples"], batch_size=batch_size)
