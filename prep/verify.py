@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -12,7 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from prep.errors import PrepError
-from prep.shardio import index_text, read_members, split_name
+from prep.shardio import index_text, read_members, sha256_file, split_name
 
 
 def load_manifest(out: str | Path) -> dict:
@@ -35,12 +34,9 @@ def check_shard(out: str, shard: dict, num_classes: int, digits: int) -> tuple[s
         return f"{tar} is missing", []
     if tar.stat().st_size != shard["bytes"]:
         return f"{tar} has {tar.stat().st_size} bytes, the manifest says {shard['bytes']}", []
-    sha, members, keys, labels = hashlib.sha256(), [], [], {}
-    with open(tar, "rb") as f:
-        while block := f.read(1 << 22):
-            sha.update(block)
-    if sha.hexdigest() != shard["sha256"]:
+    if sha256_file(tar) != shard["sha256"]:
         return f"{tar}: sha256 differs from the manifest (the file is damaged)", []
+    members, keys, labels = [], [], {}
     try:
         for member, data in read_members(tar):
             members.append(member)

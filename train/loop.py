@@ -57,7 +57,7 @@ class Run:
     skip_last_batch: bool  # some rank's last batch is empty: every rank skips it
     warmup_steps: int
     total_steps: int
-    stop_requested: list[bool] = field(default_factory=lambda: [False])
+    stop_requested: list = field(default_factory=lambda: [False])  # [False] or [signal name]
 
 
 def mixup(images, labels, alpha: float):
