@@ -7,7 +7,15 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.resnet import SD_MODES, STAGE_BLOCKS, VARIANTS, ResNet, build_resnet
+from models.resnet import (
+    SD_MODES,
+    STAGE_BLOCKS,
+    VARIANTS,
+    Bottleneck,
+    ResNet,
+    build_resnet,
+    survival_probs,
+)
 
 
 def count_flops(model: ResNet, image_size: int) -> int:
@@ -17,6 +25,38 @@ def count_flops(model: ResNet, image_size: int) -> int:
     with torch.no_grad(), counter:
         model(torch.zeros(1, 3, image_size, image_size))
     return counter.get_total_flops()
+
+
+def training_flops(
+    depth: int, variant: str, image_size: int, num_classes: int
+) -> tuple[float, list[float]]:
+    """(FLOPs of one training step per image, forward + backward, with every block computed;
+    the part of them that each block's residual branch costs, in forward order), counted by
+    torch per module. A dropped block saves exactly its branch's part: its projection
+    shortcut, where it has one, still runs."""
+    model = build_resnet(depth, variant=variant, num_classes=num_classes).train()
+    counter = FlopCounterMode(display=False)
+    batch = 2  # batch norm in training mode needs more than one value per channel
+    with counter:
+        model(torch.zeros(batch, 3, image_size, image_size)).sum().backward()
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+
+    def flops(name: str) -> float:
+        return sum(counts.get(f"{root}.{name}", {}).values()) / batch
+
+    branches = [
+        flops(name) - flops(f"{name}.downsample")
+        for name, module in model.named_modules()
+        if isinstance(module, Bottleneck)
+    ]
+    return counter.get_total_flops() / batch, branches
+
+
+def skipped_share(probs: list[float], total: float, branches: list[float]) -> float:
+    """The expected share of the training FLOPs that batch mode skips: block l is dropped with
+    probability 1 - p_l, and then its branch is not computed, forward or backward."""
+    return sum((1 - p) * b for p, b in zip(probs, branches, strict=True)) / total
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,10 +110,17 @@ def main(argv: list[str] | None = None) -> None:
         f"GFLOPs at {args.image_size}x{args.image_size}: {flops / 1e9:.2f} "
         f"({flops / 2e9:.2f} G multiply-adds), counted by torch.utils.flop_counter"
     )
+    batch_probs = survival_probs(len(probs), args.final_survival)
+    total, branches = training_flops(args.depth, args.variant, args.image_size, args.num_classes)
+    share = skipped_share(batch_probs, total, branches)
+    print(f"training GFLOPs per image, forward + backward, every block computed: {total / 1e9:.2f}")
     print(
-        f"expected fraction of residual branches computed per training step: "
-        f"{sum(probs) / len(probs):.3f}"
+        f"batch-mode stochastic depth at pL {args.final_survival:g}: per training step "
+        f"{sum(batch_probs):.2f} of {len(probs)} residual branches computed "
+        f"({sum(batch_probs) / len(probs):.1%}), {share:.1%} of the training FLOPs skipped "
+        "(expected)"
     )
+    print("  a share of FLOPs, not of time: make bench-train measures the time")
     print("block  stage  survival")
     index = 0
     for stage, blocks in enumerate(STAGE_BLOCKS[args.depth], start=1):

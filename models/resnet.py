@@ -18,7 +18,12 @@ Stochastic depth acts on the residual branch only, before the add (as timm does)
 - ``sample``: drop path per sample (timm's ``drop_path``): every branch is computed and
   masked, so there is no saving, only a different regularizer.
 
-A kept branch is scaled by 1/p_l in training, so the eval-mode network is the plain ResNet.
+In batch mode a dropped block costs nothing: an identity block returns its input as it is
+(no operation, forward or backward, and its BN statistics stay as they were), and a block with
+a projection shortcut computes that shortcut alone. A kept branch is scaled by 1/p_l in
+training, so the eval-mode network is the plain ResNet; the scale is folded into bn3's affine
+weight and bias (two vectors of C numbers) rather than applied to the (B, C, H, W) branch,
+so it costs no pass over the activations, forward or backward.
 The paper instead trains the branch f' unscaled, x + b * f'(x) with b ~ Bernoulli(p_l), and
 multiplies it by p_l at test time, x + p_l * f'(x). We train x + b * f(x) / p_l and test
 x + f(x). With f = p_l * f' the two training networks are the same function, and so are the
@@ -62,6 +67,26 @@ def check_final_survival(final_survival: float) -> None:
             f"final_survival (pL) must be in (0, 1], got {final_survival}: "
             "it is the survival probability of the last block (the paper uses 0.5)"
         )
+
+
+def batch_norm_scaled(bn: nn.BatchNorm2d, x: Tensor, scale: float) -> Tensor:
+    """bn(x) * scale, with the scale folded into BN's affine weight and bias: a multiply of
+    two C-vectors instead of a pass over the (B, C, H, W) output, forward and backward. The
+    running statistics are those of x, as in bn(x)."""
+    if scale == 1.0:
+        return bn(x)
+    if bn.training:  # what nn.BatchNorm2d.forward does with momentum set and stats tracked
+        bn.num_batches_tracked.add_(1)
+    return F.batch_norm(
+        x,
+        bn.running_mean,
+        bn.running_var,
+        bn.weight * scale,
+        bn.bias * scale,
+        bn.training,
+        bn.momentum,
+        bn.eps,
+    )
 
 
 def drop_path(x: Tensor, keep_prob: float, training: bool) -> Tensor:
@@ -115,36 +140,45 @@ class Bottleneck(nn.Module):
                 else nn.Sequential(projection, nn.BatchNorm2d(out_channels))
             )
 
-    def _branch_preact(self, pre: Tensor) -> Tensor:
+    def _branch_preact(self, pre: Tensor, scale: float = 1.0) -> Tensor:
         out = self.conv1(pre)
         out = self.conv2(self.relu(self.bn2(out)))
-        return self.conv3(self.relu(self.bn3(out)))
+        # relu and the bias-free conv3 commute with a positive scale: scaling bn3 scales the branch
+        return self.conv3(self.relu(batch_norm_scaled(self.bn3, out, scale)))
 
-    def _branch_post(self, x: Tensor) -> Tensor:
+    def _branch_post(self, x: Tensor, scale: float = 1.0) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        return self.bn3(self.conv3(out))
+        return batch_norm_scaled(self.bn3, self.conv3(out), scale)
 
-    def _stochastic(self, branch: Tensor) -> Tensor:
-        if not self.training or self.sd_mode == "off":
-            return branch
-        if self.sd_mode == "sample":
-            return drop_path(branch, self.survival_prob, training=True)
-        return branch / self.survival_prob  # batch mode, kept: scale by 1/p
+    def _dropped(self, x: Tensor) -> Tensor:
+        """The block in a batch-mode step that drops it: its shortcut alone."""
+        if self.downsample is None:
+            # The identity, as it is: a pre-activation block adds nothing to x, and a
+            # post-activation block's input is a ReLU output, so relu(x) is x.
+            return x
+        if self.preact:  # the projection reads the normalized input: bn1 runs for it
+            return self.downsample(F.relu(self.bn1(x)))
+        return self.relu(self.downsample(x))
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, 4 * width, H/s, W/s)
-        skip = self.training and self.sd_mode == "batch" and not self.keep
+        batch_mode = self.training and self.sd_mode == "batch"
+        if batch_mode and not self.keep:
+            return self._dropped(x)
+        scale = 1.0 / self.survival_prob if batch_mode else 1.0  # kept: E[branch] unchanged
         if self.preact:
             # relu(bn1(x)) is not in-place: x itself is the identity shortcut.
             pre = F.relu(self.bn1(x))
             shortcut = x if self.downsample is None else self.downsample(pre)
-            if skip:
-                return shortcut
-            return shortcut + self._stochastic(self._branch_preact(pre))
+            return shortcut + self._sample_drop(self._branch_preact(pre, scale))
         shortcut = x if self.downsample is None else self.downsample(x)
-        if skip:
-            return self.relu(shortcut)
-        return self.relu(shortcut + self._stochastic(self._branch_post(x)))
+        return self.relu(shortcut + self._sample_drop(self._branch_post(x, scale)))
+
+    def _sample_drop(self, branch: Tensor) -> Tensor:
+        """Sample mode: drop path on the branch (masked and scaled per sample)."""
+        if self.training and self.sd_mode == "sample":
+            return drop_path(branch, self.survival_prob, training=True)
+        return branch
 
     def zero_init_residual(self) -> None:
         """Start the block as its shortcut alone (Goyal et al. 2017)."""

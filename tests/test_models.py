@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 
 import pytest
 import torch
 import torchvision
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import Bottleneck, build_resnet, drop_path, survival_probs
 from models.__main__ import main as models_main
+from models.__main__ import skipped_share, training_flops
 
 TORCHVISION_PARAMS = {50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
 # Pinned from this implementation: pre-activation moves BNs around (one more BN per block on
@@ -207,6 +210,10 @@ def test_batch_mode_skips_the_flops_of_dropped_blocks_forward_and_backward():
     probs = model.survival_probs
     expected = 1 - sum((1 - p) * s for p, s in zip(probs, saving, strict=True)) / full
     assert 0.65 < expected < 0.8
+    # python -m models counts the same share from one pass, per module: it must agree.
+    total, branches = training_flops(50, "preact", 64, 10)
+    assert total == full / x.shape[0]
+    assert skipped_share(probs, total, branches) == pytest.approx(1 - expected, rel=1e-9)
     model.sd_rng = random.Random(0)
     ratios = []
     for _ in range(20):
@@ -374,6 +381,13 @@ def test_python_m_models_prints_counts_flops_and_probabilities(capsys):
     assert "parameters: 25,557,032" in out
     gflops = float(out.split("GFLOPs at 224x224: ")[1].split()[0])
     assert 8.0 < gflops < 8.4  # 4.1 G multiply-adds, the figure usually quoted for ResNet-50
+    training = float(out.split("forward + backward, every block computed: ")[1].split()[0])
+    assert 2.9 * gflops < training < 3 * gflops  # backward: about twice the forward
+    share = float(out.split("of the training FLOPs skipped")[0].split()[-1].rstrip("%")) / 100
+    probs = survival_probs(16, 0.5)
+    total, branches = training_flops(50, "v1.5", 224, 1000)
+    assert share == pytest.approx(skipped_share(probs, total, branches), abs=5e-4)
+    assert 0.2 < share < 1 - sum(probs) / 16 < 0.3  # the stem, head and projections stay
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert len(rows) == 16
     assert float(rows[0][2]) == pytest.approx(1 - 0.5 / 16, abs=1e-4)
@@ -401,3 +415,165 @@ def test_checkpointed_activations_give_the_same_gradients(sd_mode):
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4)
+
+
+class _AtenLog(TorchDispatchMode):
+    """Records every aten operation run inside it, with the element count of its output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, int]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        first = out[0] if isinstance(out, (tuple, list)) and out else out
+        self.ops.append((str(func.overloadpacket), first.numel() if torch.is_tensor(first) else 0))
+        return out
+
+
+def _block(variant: str, projection: bool, sd_mode: str) -> Bottleneck:
+    """A stage-3-like block (width 64) with non-trivial weights and BN statistics."""
+    torch.manual_seed(0)
+    in_channels, stride = (128, 2) if projection else (256, 1)
+    block = Bottleneck(
+        in_channels, 64, stride, preact=variant == "preact", survival_prob=0.6, sd_mode=sd_mode
+    )
+    for m in block.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.bias, -0.2, 0.2)
+    return block.train()
+
+
+def _bn_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        f"{name}.{b}": getattr(m, b).clone()
+        for name, m in module.named_modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+        for b in ("running_mean", "running_var", "num_batches_tracked")
+    }
+
+
+def _block_input(block: Bottleneck) -> torch.Tensor:
+    # A block's input is the output of a ReLU (the stem's or the previous block's) or of an add
+    # of such outputs: non-negative in the post-activation network, signed in pre-activation.
+    x = torch.randn(4, block.conv1.in_channels, 32, 32)
+    return (x.relu() if not block.preact else x).requires_grad_()
+
+
+@pytest.mark.parametrize("variant", ["preact", "v1.5"])
+def test_a_dropped_identity_block_runs_no_operation_and_leaves_its_bn_statistics(variant):
+    block = _block(variant, projection=False, sd_mode="batch")
+    block.keep = False
+    x = _block_input(block)
+    buffers = _bn_buffers(block)
+    log = _AtenLog()
+    with log:
+        out = block(x)
+    assert log.ops == []  # forward: nothing at all; backward: nothing of the block's either
+    assert out is x
+    after = _bn_buffers(block)
+    assert all(torch.equal(after[k], v) for k, v in buffers.items())
+    with log:
+        out.sum().backward()
+    assert all(p.grad is None for p in block.parameters())
+
+
+@pytest.mark.parametrize("variant", ["preact", "v1.5"])
+def test_a_dropped_projection_block_computes_its_shortcut_alone(variant):
+    block = _block(variant, projection=True, sd_mode="batch")
+    block.keep = False
+    x = _block_input(block)
+    buffers = _bn_buffers(block)
+    log = _AtenLog()
+    with log:
+        out = block(x)
+    convolutions = [op for op, _ in log.ops if op == "aten.convolution"]
+    assert len(convolutions) == 1  # the projection, not conv1, conv2 or conv3
+    reference = block.downsample(torch.relu(block.bn1(x)) if block.preact else x)
+    torch.testing.assert_close(out, reference if block.preact else reference.relu())
+    after = _bn_buffers(block)
+    # The branch's own BNs keep their statistics (the pre-activation bn1 also feeds the
+    # projection, so it is part of the shortcut and runs).
+    branch_bns = ("bn2", "bn3") if block.preact else ("bn1", "bn2", "bn3")
+    for key, value in buffers.items():
+        if key.split(".")[0] in branch_bns:
+            assert torch.equal(after[key], value), key
+
+
+def _full_size_ops(block: Bottleneck, x: torch.Tensor) -> Counter:
+    """The aten operations, forward and backward, whose output is activation-sized (at least
+    one width-channel feature map of the batch: more elements than any weight of the block)."""
+    stride = block.conv2.stride[0]
+    size = x.shape[0] * block.conv2.out_channels * (x.shape[2] // stride) * (x.shape[3] // stride)
+    assert size > max(p.numel() for p in block.parameters())
+    log = _AtenLog()
+    with log:
+        block(x).sum().backward()
+    return Counter(op for op, n in log.ops if n >= size)
+
+
+def _kept(variant: str, projection: bool) -> Bottleneck:
+    block = _block(variant, projection, sd_mode="batch")
+    block.keep = True
+    return block
+
+
+@pytest.mark.parametrize("projection", [False, True])
+@pytest.mark.parametrize("variant", ["preact", "v1.5"])
+def test_a_kept_block_scales_its_branch_without_a_pass_over_the_activations(variant, projection):
+    plain = _block(variant, projection, sd_mode="off")
+    x = _block_input(plain).detach()
+    ops_plain = _full_size_ops(plain, x.clone().requires_grad_())
+    ops_kept = _full_size_ops(_kept(variant, projection), x.clone().requires_grad_())
+    assert ops_plain and ops_kept == ops_plain  # the 1/p scaling adds no full-size operation
+    assert "aten.div" not in ops_kept and "aten.mul" not in ops_kept
+
+
+@pytest.mark.parametrize("projection", [False, True])
+@pytest.mark.parametrize("variant", ["preact", "v1.5"])
+def test_a_kept_block_gives_its_branch_scaled_by_one_over_p(variant, projection):
+    """What scaling the branch's output by 1/p gives: output, gradients, BN statistics."""
+    kept, reference = _kept(variant, projection), _block(variant, projection, sd_mode="off")
+    p = kept.survival_prob
+    x = _block_input(reference).detach()
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got = kept(x1)
+    pre = torch.relu(reference.bn1(x2)) if reference.preact else x2
+    shortcut = x2 if reference.downsample is None else reference.downsample(pre)
+    if reference.preact:
+        expected = shortcut + reference._branch_preact(pre) / p
+    else:
+        expected = torch.relu(shortcut + reference._branch_post(x2) / p)
+    assert (expected - shortcut).abs().max() > 0.1  # a branch that contributes
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(got)
+    (got * weights).sum().backward()
+    (expected * weights).sum().backward()
+    grads = [("input", x1.grad, x2.grad)] + [
+        (name, a.grad, b.grad)
+        for (name, a), b in zip(kept.named_parameters(), reference.parameters(), strict=True)
+    ]
+    for name, a, b in grads:  # float32 rounding, relative to each gradient's scale
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max(), name
+    for key, value in _bn_buffers(reference).items():
+        torch.testing.assert_close(_bn_buffers(kept)[key], value, msg=key)
+
+
+@pytest.mark.parametrize("variant", ["preact", "v1.5"])
+def test_dropped_blocks_of_the_network_leave_their_bn_statistics_alone(variant):
+    torch.manual_seed(0)
+    model = build_resnet(50, variant=variant, sd_mode="batch", num_classes=10).train()
+    keeps = [i % 3 != 1 for i in range(len(model.blocks()))]  # every third block dropped
+    keeps[0] = False  # a projection block among them
+    model.sd_rng = _ScriptedDraws(keeps)
+    before = [_bn_buffers(block) for block in model.blocks()]
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+    for block, keep, buffers in zip(model.blocks(), keeps, before, strict=True):
+        after = _bn_buffers(block)
+        shortcut_bns = {"bn1"} if block.preact and block.downsample is not None else set()
+        shortcut_bns |= {k.split(".")[0] for k in buffers if k.startswith("downsample")}
+        for key, value in buffers.items():
+            unchanged = torch.equal(after[key], value)
+            assert unchanged == (not keep and key.split(".")[0] not in shortcut_bns), key

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from train import checkpoint
-from train.config import ConfigError, check, parse_config
+from train.config import ConfigError, check, derive, parse_config
 from train.logs import HISTORY_FIELDS
 from train.main import batches_per_epoch, main
 from train.schedule import FINAL_LR, lr_at
@@ -167,6 +167,23 @@ def test_impossible_flags_are_refused_clearly(flags, message):
     assert message in str(e.value)
 
 
+@pytest.mark.parametrize(
+    "flags,warmup",
+    [
+        (["--epochs", "120"], 5.0),  # the default
+        (["--epochs", "20"], 5.0),
+        (["--epochs", "10"], 2.5),  # a quarter of a short run
+        (["--epochs", "1"], 0.25),
+        (["--epochs", "1", "--warmup_epochs", "0.5"], 0.5),  # given: used as it is
+        (["--epochs", "10", "--warmup_epochs", "10"], 10.0),
+    ],
+)
+def test_the_default_warmup_fits_short_runs_and_a_given_one_is_kept(flags, warmup):
+    cfg = parse_config(flags)
+    check(cfg, world_size=1)
+    assert derive(cfg, 0, 1, 0).warmup_epochs == warmup
+
+
 def test_batch_must_divide_over_ranks():
     with pytest.raises(ConfigError, match="not divisible by ranks x accum = 3 x 1"):
         check(parse_config(["--batch", "256"]), world_size=3)
@@ -178,15 +195,18 @@ def test_cli_errors_name_the_problem_without_a_traceback(tiny_imagenet, tmp_path
             [sys.executable, "-m", "train", *args], cwd=ROOT, capture_output=True, text=True
         )
 
-    raw = run("--data_dir", str(tiny_imagenet["root"]), "--out", str(tmp_path / "o"))
-    assert (
-        raw.returncode == 2 and "make shards DATA=" in raw.stderr and "Traceback" not in raw.stderr
-    )
+    raw_folder = str(tiny_imagenet["root"])
+    # A new user's first try: a raw ImageNet folder and a one-epoch run. The answer is the
+    # make shards command, not a complaint about the default warmup.
+    raw = run("--data_dir", raw_folder, "--out", str(tmp_path / "o"), "--epochs", "1")
+    assert raw.returncode == 2 and "Traceback" not in raw.stderr
+    assert f"make shards DATA={raw_folder}" in raw.stderr and "warmup" not in raw.stderr
     depth = run("--depth", "34")
     assert depth.returncode == 2 and "invalid choice: 34" in depth.stderr
-    bad = run("--data_dir", str(tmp_path), "--pL", "2", "--batch", "7", "--accum", "2")
+    # Every problem at once: the flags' and the data folder's.
+    bad = run("--data_dir", raw_folder, "--pL", "2", "--batch", "7", "--accum", "2")
     assert bad.returncode == 2 and "--pL 2.0" in bad.stderr and "--batch 7" in bad.stderr
-    assert "Traceback" not in bad.stderr
+    assert "make shards DATA=" in bad.stderr and "Traceback" not in bad.stderr
     helptext = run("--help").stdout
     for flag in (
         "--data_dir",
@@ -360,6 +380,22 @@ def test_synthetic_input_measures_the_model_alone(tmp_path):
     row = checkpoint.load(out / "last.pt")["history"][0]
     assert row["train_samples"] == 2 * 8 and "val_top1" not in row  # no data: no validation
     assert json.loads((out / "config.json").read_text())["derived"]["num_classes"] == 1000
+
+
+def test_a_short_run_says_how_it_fitted_the_default_warmup(tmp_path, capsys):
+    out = tmp_path / "short"
+    flags = ["--synthetic", "--data_dir", str(tmp_path / "none"), "--out", str(out)]
+    flags += ["--image_size", "32", "--batch", "8", "--epochs", "2", "--max_steps_per_epoch", "4"]
+    flags += ["--log_every", "1"]
+    assert main(flags) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if "warmup" in line]
+    assert said == [
+        "warmup: 0.5 epochs, a quarter of this 2-epoch run (the default 5 is for longer runs; "
+        "--warmup_epochs sets it)"
+    ]
+    assert json.loads((out / "config.json").read_text())["derived"]["warmup_epochs"] == 0.5
+    lrs = scalars(out, "train/lr")
+    assert lrs[0] == 0 and lrs[2] == pytest.approx(max(lrs.values()))  # warm after 2 of 8 steps
 
 
 def test_gradient_accumulation_takes_one_step_per_accum_batches(tiny_shards, tmp_path):

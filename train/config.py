@@ -17,6 +17,8 @@ import torch
 from models import SD_MODES, STAGE_BLOCKS, VARIANTS
 from train.data import PipelineKnobs
 
+DEFAULT_WARMUP_EPOCHS = 5.0
+
 
 class ConfigError(Exception):
     """An impossible flag or flag combination, reported before any heavy work."""
@@ -48,7 +50,12 @@ class TrainConfig:
     epochs: int = opt(120, "training epochs")
     batch: int = opt(256, "global batch size, split over ranks (and --accum micro-batches)")
     lr: float | None = opt(None, "peak learning rate (default: 0.1 x batch / 256)")
-    warmup_epochs: float = opt(5.0, "linear warmup from 0 to the peak LR over this many epochs")
+    warmup_epochs: float | None = opt(
+        None,
+        f"linear warmup from 0 to the peak LR over this many epochs (default: "
+        f"{DEFAULT_WARMUP_EPOCHS:g}, or a quarter of a run shorter than "
+        f"{4 * DEFAULT_WARMUP_EPOCHS:g} epochs)",
+    )
     momentum: float = opt(0.9, "SGD momentum")
     nesterov: bool = opt(False, "Nesterov momentum")
     weight_decay: float = opt(1e-4, "weight decay on conv and linear weights (not BN or bias)")
@@ -95,6 +102,15 @@ class Derived:
     amp_dtype: torch.dtype
     channels_last: bool
     sd_mode: str  # "off", "batch" or "sample"
+    warmup_epochs: float  # --warmup_epochs, or the default fitted into the run
+
+
+def fitted_warmup_epochs(cfg: TrainConfig) -> float:
+    """--warmup_epochs as given, else the default, shortened to a quarter of a short run so
+    that the learning rate still decays (a 1-epoch smoke test warms up over 0.25 epochs)."""
+    if cfg.warmup_epochs is not None:
+        return cfg.warmup_epochs
+    return min(DEFAULT_WARMUP_EPOCHS, cfg.epochs / 4)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -150,8 +166,9 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     return TrainConfig(**args, dali=PipelineKnobs(**knobs))
 
 
-def check(cfg: TrainConfig, world_size: int) -> None:
-    """Raise ConfigError naming the flag for anything impossible."""
+def check(cfg: TrainConfig, world_size: int, other_problems: list[str] | None = None) -> None:
+    """Raise ConfigError naming the flag for anything impossible, with every problem found
+    (`other_problems`: those found outside the flags, e.g. in --data_dir) in one message."""
     problems = []
     if not 0.0 < cfg.pL <= 1.0:
         problems.append(
@@ -168,7 +185,7 @@ def check(cfg: TrainConfig, world_size: int) -> None:
         )
     if cfg.lr is not None and cfg.lr <= 0:
         problems.append(f"--lr {cfg.lr} must be positive")
-    if not 0 <= cfg.warmup_epochs <= cfg.epochs:
+    if cfg.warmup_epochs is not None and not 0 <= cfg.warmup_epochs <= cfg.epochs:
         problems.append(f"--warmup_epochs {cfg.warmup_epochs} must be in [0, --epochs]")
     if not 0 <= cfg.label_smoothing < 1:
         problems.append(f"--label_smoothing {cfg.label_smoothing} must be in [0, 1)")
@@ -190,8 +207,9 @@ def check(cfg: TrainConfig, world_size: int) -> None:
         problems.append("--device cuda: no CUDA GPU is visible")
     if cfg.resume not in ("auto", "none") and not os.path.isfile(cfg.resume):
         problems.append(f"--resume {cfg.resume}: no such checkpoint file (or use auto / none)")
+    problems += other_problems or []
     if problems:
-        raise ConfigError("\n  ".join(["invalid flags:", *problems]))
+        raise ConfigError("\n  ".join(["cannot start:", *problems]))
 
 
 def derive(cfg: TrainConfig, rank: int, world_size: int, local_rank: int) -> Derived:
@@ -219,6 +237,7 @@ def derive(cfg: TrainConfig, rank: int, world_size: int, local_rank: int) -> Der
         amp_dtype=amp_dtype,
         channels_last=on_gpu if cfg.channels_last is None else cfg.channels_last,
         sd_mode=cfg.sd_mode if cfg.sd else "off",
+        warmup_epochs=fitted_warmup_epochs(cfg),
     )
 
 

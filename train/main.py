@@ -20,7 +20,16 @@ from tqdm import tqdm
 
 from models import build_resnet
 from train import checkpoint
-from train.config import ConfigError, Derived, TrainConfig, check, derive, parse_config, to_dict
+from train.config import (
+    DEFAULT_WARMUP_EPOCHS,
+    ConfigError,
+    Derived,
+    TrainConfig,
+    check,
+    derive,
+    parse_config,
+    to_dict,
+)
 from train.data import ShardsError, load_manifest, make_loader
 from train.logs import (
     Board,
@@ -189,6 +198,40 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, d: Derived) -> torch.optim.SGD:
+    """SGD with momentum in torch's fused kernel, on the CPU as on CUDA (one code path; it is
+    the fastest on both), every momentum buffer created up front (see add_momentum_buffers)."""
+    optimizer = torch.optim.SGD(
+        param_groups(model, cfg.weight_decay),
+        lr=d.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        fused=True,
+    )
+    add_momentum_buffers(optimizer)
+    return optimizer
+
+
+def add_momentum_buffers(optimizer: torch.optim.SGD) -> None:
+    """A zero momentum buffer for every parameter that has none yet.
+
+    In batch-mode stochastic depth a dropped block's parameters get no gradient, so SGD leaves
+    them alone that step (no momentum or weight-decay update), and a block dropped at the
+    first step gets its first gradient later than the others. The fused kernel treats its
+    first step as all-or-nothing over a parameter group: a buffer missing after that step
+    crashes it, and a first step that the GradScaler finds overflowed leaves every buffer
+    uninitialized. With zero buffers from the start that first-step path never runs, and
+    the result is the same: momentum x 0 + gradient is the gradient, which is what torch
+    stores at a parameter's first step (dampening is 0)."""
+    for group in optimizer.param_groups:
+        if group["momentum"] == 0:
+            continue
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(p)
+
+
 def compile_blocks(model) -> None:
     """torch.compile block by block, in place: in batch mode the per-step skip decisions stay
     plain Python, and each block compiles a kept and a skipped variant."""
@@ -239,14 +282,7 @@ def build_training(cfg: TrainConfig, d: Derived, num_classes: int):
     model.to(d.device)
     if d.channels_last:
         model.to(memory_format=torch.channels_last)
-    fused = {"fused": True} if d.device.type == "cuda" else {}
-    optimizer = torch.optim.SGD(
-        param_groups(model, cfg.weight_decay),
-        lr=d.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov,
-        **fused,
-    )
+    optimizer = build_optimizer(model, cfg, d)
     scaler = torch.amp.GradScaler(d.device.type, enabled=d.amp and d.amp_dtype == torch.float16)
     train_model = model
     if d.world_size > 1:
@@ -280,6 +316,7 @@ def write_config(
     """config.json: the config, what was derived from it, the code version and the machine."""
     derived = {
         "lr": d.lr,
+        "warmup_epochs": d.warmup_epochs,
         "micro_batch": d.micro_batch,
         "world_size": d.world_size,
         "amp": d.amp,
@@ -318,6 +355,7 @@ def train(cfg: TrainConfig, d: Derived, facts: dict, data_dir: str) -> int:
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        add_momentum_buffers(optimizer)  # checkpoints of older versions may lack some
         scaler.load_state_dict(ckpt["scaler"])
         checkpoint.set_rng_state(ckpt["rng"], model)
         history, best_top1 = ckpt["history"], ckpt["best_top1"]
@@ -344,7 +382,7 @@ def train(cfg: TrainConfig, d: Derived, facts: dict, data_dir: str) -> int:
         steps_per_epoch=steps_per_epoch,
         batches_per_epoch=n_batches,
         skip_last_batch=skip_last,
-        warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+        warmup_steps=round(d.warmup_epochs * steps_per_epoch),
         total_steps=cfg.epochs * steps_per_epoch,
     )
     install_stop_handlers(run)
@@ -362,6 +400,12 @@ def train(cfg: TrainConfig, d: Derived, facts: dict, data_dir: str) -> int:
         + (f"AMP {str(d.amp_dtype).split('.')[-1]}" if d.amp else "float32")
         + f", {steps_per_epoch} steps/epoch",
     )
+    if cfg.warmup_epochs is None and d.warmup_epochs < DEFAULT_WARMUP_EPOCHS:
+        say(
+            d,
+            f"warmup: {d.warmup_epochs:g} epochs, a quarter of this {cfg.epochs}-epoch run (the "
+            f"default {DEFAULT_WARMUP_EPOCHS:g} is for longer runs; --warmup_epochs sets it)",
+        )
 
     val_loader = None
     if not cfg.synthetic:
@@ -538,8 +582,11 @@ def main(argv: list[str] | None = None) -> int:
     d = None
     cached = None
     try:
-        check(cfg, world_size)
-        facts = dataset_facts(cfg)
+        try:
+            facts, data_problems = dataset_facts(cfg), []
+        except ShardsError as e:
+            facts, data_problems = None, [str(e)]
+        check(cfg, world_size, data_problems)  # every problem of flags and data at once
         d = derive(cfg, rank, world_size, local_rank)
         if world_size > 1:
             if d.device.type == "cuda":
