@@ -17,7 +17,7 @@ ARGS ?=
 # Install only when the default interpreter (the venv) is used.
 INSTALL_DEP := $(if $(filter $(VENV_PYTHON),$(PYTHON)),install)
 
-.PHONY: install test test-slow test-gpu lint models shards verify-shards bench-prep bench-input bench-train train compare demo
+.PHONY: install test test-slow test-gpu lint models shards verify-shards bench-prep bench-input bench-train train evaluate compare demo
 
 install: .venv/.installed
 
@@ -77,6 +77,13 @@ bench-train: $(INSTALL_DEP)
 train: $(INSTALL_DEP)
 	$(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS) -m train \
 	  --data_dir "$(SHARDS)" --out "$(OUT)" --depth $(DEPTH) --sd $(SD) $(ARGS)
+
+# Top-1/top-5/loss of a checkpoint or a torchvision .pth on the val shards (GPUS processes).
+WEIGHTS ?=
+evaluate: $(INSTALL_DEP)
+	@test -n "$(WEIGHTS)" || { echo "usage: make evaluate WEIGHTS=results/rn50-sd1/best.pt [SHARDS=shards] [GPUS=1] [ARGS='--json eval.json']"; exit 2; }
+	$(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS) -m train.evaluate \
+	  --data_dir "$(SHARDS)" --weights "$(WEIGHTS)" $(ARGS)
 
 # Baseline and stochastic depth, everything else equal, then the side-by-side report.
 # MODE=parallel runs both at once, each on half of the visible GPUs.

@@ -47,6 +47,15 @@ def save(path: str | os.PathLike, checkpoint: dict) -> None:
             tmp.unlink()
 
 
-def load(path: str | os.PathLike) -> dict:
-    # Our own files: they hold RNG states and config dicts besides tensors.
-    return torch.load(path, map_location="cpu", weights_only=False)
+def numpy_array_globals() -> list:
+    """What unpickling a NumPy array needs (our checkpoints hold NumPy's RNG state), and no
+    more: the allowlist PyTorch documents for loading such files with weights_only=True."""
+    core = getattr(np, "_core", None) or np.core  # NumPy 2 renamed numpy.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load(path: str | os.PathLike):
+    """A checkpoint of ours, or any file of tensors (a torchvision .pth), without running
+    code from the file: tensors, numbers, strings, containers and NumPy arrays only."""
+    with torch.serialization.safe_globals(numpy_array_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)

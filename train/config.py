@@ -246,6 +246,9 @@ def to_dict(cfg: TrainConfig) -> dict:
 
 
 def from_dict(d: dict) -> TrainConfig:
-    d = dict(d)
-    d["dali"] = PipelineKnobs(**d.get("dali", {}))
-    return TrainConfig(**d)
+    """The config recorded in a checkpoint or config.json; fields that this version does not
+    know (a checkpoint of another version) are left out."""
+    known = {f.name for f in fields(TrainConfig)} - {"dali"}
+    knobs = {f.name for f in fields(PipelineKnobs)}
+    dali = PipelineKnobs(**{k: v for k, v in d.get("dali", {}).items() if k in knobs})
+    return TrainConfig(**{k: v for k, v in d.items() if k in known}, dali=dali)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from prep.shardio import split_name
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VAL_CROP_FRACTION = 0.875  # resize the shorter side to 256 for a 224 crop
@@ -84,6 +86,17 @@ def load_manifest(shards_dir: str | Path) -> dict:
                         f"check with `python -m prep verify {shards_dir}`"
                     )
     return manifest
+
+
+def sample_keys(shards_dir: str | Path, shards: list[dict]) -> list[str]:
+    """The keys (image file stems) of the samples of `shards` (a split's list in the manifest)
+    in the order they hold them, read from the DALI indexes (each sample's line names its
+    members, `<key>.jpg` first)."""
+    keys = []
+    for shard in shards:
+        lines = (Path(shards_dir) / shard["index"]).read_text().splitlines()[1:]
+        keys += [split_name(line.split()[3])[0] for line in lines]
+    return keys
 
 
 def decoder_kwargs(gpu: bool, knobs: PipelineKnobs) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -186,9 +186,14 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(run: Run, batches: Iterable) -> dict:
-    """Loss, top-1 and top-5 over every val sample, summed exactly over all ranks."""
-    d, model = run.d, run.model
+def evaluate(
+    model: torch.nn.Module,
+    batches: Iterable,
+    d: Derived,
+    record: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+) -> dict:
+    """Loss, top-1 and top-5 over every val sample, summed exactly over all ranks. `record`,
+    if given, is called with each batch's float32 logits (B, classes) and labels (B,)."""
     model.eval()
     sums = torch.zeros(4, device=d.device)  # loss sum, top-1 hits, top-5 hits, samples
     for images, labels in batches:
@@ -197,6 +202,8 @@ def evaluate(run: Run, batches: Iterable) -> dict:
         with torch.autocast(d.device.type, dtype=d.amp_dtype, enabled=d.amp):
             logits = model(images)
         logits = logits.float()
+        if record is not None:
+            record(logits, labels)
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
         hits = top == labels[:, None]
         sums += torch.stack(

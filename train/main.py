@@ -456,7 +456,7 @@ def train(cfg: TrainConfig, d: Derived, facts: dict, data_dir: str) -> int:
             start_batch, totals, seconds_before = 0, None, 0.0
             evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
             if evaluated and val_loader is not None:
-                row.update(evaluate(run, val_loader))
+                row.update(evaluate(model, val_loader, d))
             if d.world_size > 1:
                 row["replicas_identical"] = replicas_identical(model)
                 if not row["replicas_identical"]:

@@ -1,0 +1,338 @@
+"""python -m train.evaluate: top-1, top-5 and loss of any weights on the val shards.
+
+The weights are one of this project's checkpoints (best.pt, last.pt: depth, variant, crop
+size and precision are read from it) or a bare state_dict (a torchvision resnet50 / 101 /
+152 .pth, or this project's model saved alone). The evaluation is the trainer's own: the same
+DALI val pipeline (shorter side to 256, centre crop 224: torchvision's reference transform to
+the pixel), the same evaluation function, every val image counted exactly once over the
+ranks under torchrun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from models import STAGE_BLOCKS, VARIANTS, build_resnet
+from train import checkpoint
+from train.config import ConfigError, TrainConfig, check, derive, from_dict
+from train.data import ShardsError, load_manifest, make_loader, sample_keys
+from train.logs import code_version, machine_facts, write_atomic
+from train.loop import evaluate
+from train.main import dist_env, loader_kwargs
+
+# Prefixes that wrappers leave on parameter names: DDP's module, torch.compile's _orig_mod.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# What an evaluation takes from a checkpoint's training config unless a flag says otherwise.
+FROM_TRAINING = ("image_size", "amp_dtype", "no_mixed_precision")
+
+
+class EvaluateError(Exception):
+    """Weights or shards that cannot be evaluated; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    state_dict: dict[str, torch.Tensor]
+    depth: int
+    variant: str
+    num_classes: int
+    kind: str  # what the file was, for the report
+    config: dict | None  # the training config of one of our checkpoints
+
+
+def unwrap(state: dict) -> dict:
+    """The state_dict without DDP's or torch.compile's prefixes."""
+    for prefix in WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def mismatch(state: dict, depth: int, variant: str, num_classes: int) -> list[str]:
+    """How `state` differs from our ResNet-`depth` `variant`: the first differing keys."""
+    expected = build_resnet(depth, variant=variant, num_classes=num_classes).state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if keys:
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            problems.append(f"{label}: {', '.join(keys[:3])}{more}")
+    return problems
+
+
+def depth_hint(state: dict) -> str:
+    """' (it looks like ResNet-101: pass --depth 101)' when layer3's block count says so."""
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("layer3.")}
+    for depth, stages in STAGE_BLOCKS.items():
+        if blocks and len(blocks) == stages[2]:
+            return f" (its layer3 has {stages[2]} blocks: ResNet-{depth}? pass --depth {depth})"
+    return ""
+
+
+def read_weights(path: Path, depth: int | None, variant: str | None) -> Weights:
+    if not path.is_file():
+        raise EvaluateError(f"--weights {path}: no such file")
+    try:
+        loaded = checkpoint.load(path)
+    except Exception as e:  # a damaged or foreign file: say which, not where torch failed
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EvaluateError(
+            f"--weights {path}: not a checkpoint or state_dict that loads safely ({first})"
+        ) from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict) and "model" in loaded:
+        config = loaded["config"]
+        clash = [
+            f"--{name} {given} (it holds {config[name]})"
+            for name, given in (("depth", depth), ("variant", variant))
+            if given is not None and given != config[name]
+        ]
+        if clash:
+            raise EvaluateError(
+                f"--weights {path} is one of our checkpoints of another model: "
+                f"{', '.join(clash)}; drop those flags"
+            )
+        epoch, batches = loaded.get("epoch", 0), loaded.get("batches_done", 0)
+        when = f"in epoch {epoch + 1}, batch {batches}" if batches else f"after epoch {epoch}"
+        return Weights(
+            unwrap(loaded["model"]),
+            config["depth"],
+            config["variant"],
+            loaded["num_classes"],
+            f"checkpoint {when}",
+            config,
+        )
+    for wrapper in ("model", "state_dict"):  # e.g. the torchvision reference's checkpoints
+        if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
+            loaded = loaded[wrapper]
+    if not isinstance(loaded, dict) or not all(torch.is_tensor(v) for v in loaded.values()):
+        raise EvaluateError(f"--weights {path}: holds no state_dict (a dict of tensors)")
+    state = unwrap(loaded)
+    if "fc.weight" not in state:
+        raise EvaluateError(f"--weights {path}: no fc.weight, so not a ResNet state_dict")
+    depth = depth or 50
+    num_classes = state["fc.weight"].shape[0]
+    tried = {}
+    for candidate in [variant] if variant else ["v1.5", "preact"]:  # torchvision's first
+        problems = mismatch(state, depth, candidate, num_classes)
+        if not problems:
+            return Weights(state, depth, candidate, num_classes, "state_dict", None)
+        tried[candidate] = problems
+    raise EvaluateError(
+        f"--weights {path} fits no ResNet-{depth} ("
+        + "; ".join(f"{v}: {' / '.join(p)}" for v, p in tried.items())
+        + ")"
+        + depth_hint(state)
+    )
+
+
+def val_split(manifest: dict, data_dir: str) -> int:
+    val = manifest["splits"].get("val")
+    if not val or not val["num_samples"]:
+        raise EvaluateError(
+            f"{data_dir} has no val split: make shards from a folder with val images "
+            "(val/<wnid>/*.JPEG, or a flat val/ with its labels)"
+        )
+    return val["num_samples"]
+
+
+def eval_config(args: argparse.Namespace, weights: Weights, world_size: int) -> TrainConfig:
+    """The trainer's config for this evaluation: the checkpoint's (or the defaults), with the
+    flags given here on top. --batch is per process here; the trainer's is global."""
+    base = from_dict(weights.config) if weights.config else TrainConfig()
+    given = {k: getattr(args, k) for k in FROM_TRAINING if getattr(args, k) is not None}
+    return dataclasses.replace(
+        base,
+        **given,
+        data_dir=args.data_dir,
+        batch=args.batch * world_size,
+        accum=1,
+        workers=args.workers,
+        device=args.device,
+        resume="none",
+        cache=False,
+        dali=dataclasses.replace(base.dali, num_threads=args.workers),
+    )
+
+
+def gather_rows(parts: list[tuple[torch.Tensor, torch.Tensor]], world_size: int):
+    """(logits, labels) of every val image on rank 0, in the shards' order: DALI gives each
+    rank a contiguous run of the samples, so the ranks' parts follow one another."""
+    logits = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0)
+    labels = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, dtype=torch.long)
+    if world_size == 1:
+        return logits, labels
+    everything = [None] * world_size
+    dist.all_gather_object(everything, (logits, labels))
+    return torch.cat([e[0] for e in everything]), torch.cat([e[1] for e in everything])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m train.evaluate",
+        description="Top-1, top-5 and loss of a checkpoint (best.pt, last.pt) or a bare "
+        "state_dict (torchvision's resnet50/101/152 .pth) on the val shards, through the "
+        "trainer's own DALI val pipeline. Several GPUs: torchrun --nproc_per_node=N -m "
+        "train.evaluate ...",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data_dir", default="shards", help="shards folder written by make shards")
+    p.add_argument("--weights", required=True, help="checkpoint or state_dict file")
+    p.add_argument(
+        "--depth",
+        type=int,
+        choices=sorted(STAGE_BLOCKS),
+        help="ResNet depth of a bare state_dict (default 50; a checkpoint knows its own)",
+    )
+    p.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        help="variant of a bare state_dict (default: whichever fits, torchvision's v1.5 first)",
+    )
+    p.add_argument("--batch", type=int, default=100, help="images per batch on each process")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when there is one)")
+    p.add_argument("--workers", type=int, default=8, help="DALI CPU threads per process")
+    p.add_argument(
+        "--image_size",
+        type=int,
+        help="centre-crop size; the shorter side is resized to size / 0.875 first "
+        "(default: the checkpoint's training size, else 224)",
+    )
+    p.add_argument(
+        "--amp_dtype",
+        choices=["bf16", "fp16"],
+        help="autocast type on a GPU (default: the checkpoint's, else bf16)",
+    )
+    p.add_argument(
+        "--no_mixed_precision",
+        action="store_const",
+        const=True,
+        help="evaluate in float32 (default on a GPU: mixed precision, as in training)",
+    )
+    p.add_argument("--json", help="write the figures to this JSON file")
+    p.add_argument(
+        "--logits",
+        help="write every val image's logits, label and key (its file name stem), in the shards' "
+        "order, to this .npz file",
+    )
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -> dict:
+    manifest = load_manifest(args.data_dir)
+    images = val_split(manifest, args.data_dir)
+    weights = read_weights(Path(args.weights), args.depth, args.variant)
+    if weights.num_classes != manifest["num_classes"]:
+        raise EvaluateError(
+            f"--weights {args.weights} classifies {weights.num_classes} classes, but the shards "
+            f"in {args.data_dir} have {manifest['num_classes']}: evaluate it on shards of the "
+            "data it was trained for"
+        )
+    cfg = eval_config(args, weights, world_size)
+    check(cfg, world_size)
+    d = derive(cfg, rank, world_size, local_rank)
+    if world_size > 1:
+        if d.device.type == "cuda":
+            torch.cuda.set_device(d.device)
+        dist.init_process_group("nccl" if d.device.type == "cuda" else "gloo")
+    model = build_resnet(weights.depth, variant=weights.variant, num_classes=weights.num_classes)
+    model.load_state_dict(weights.state_dict)
+    model.to(d.device)
+    if d.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loader = make_loader(args.data_dir, "val", **loader_kwargs(cfg, d))
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def keep(logits: torch.Tensor, labels: torch.Tensor) -> None:
+        parts.append((logits.cpu(), labels.cpu()))
+
+    start = time.perf_counter()
+    result = evaluate(model, loader, d, record=keep if args.logits else None)
+    seconds = time.perf_counter() - start
+    if result["val_samples"] != images:
+        raise RuntimeError(
+            f"evaluated {result['val_samples']} images, the manifest lists {images}: please "
+            "report this"
+        )
+    if args.logits:
+        logits, labels = gather_rows(parts, world_size)
+        if rank == 0:
+            keys = sample_keys(args.data_dir, manifest["splits"]["val"]["shards"])
+            out = Path(args.logits)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.tmp.{os.getpid()}.npz")
+            np.savez(tmp, logits=logits.numpy(), labels=labels.numpy(), keys=np.array(keys))
+            os.replace(tmp, out)
+    precision = str(d.amp_dtype).split(".")[-1] + " autocast" if d.amp else "float32"
+    return {
+        "top1": result["val_top1"],
+        "top5": result["val_top5"],
+        "loss": result["val_loss"],
+        "images": result["val_samples"],
+        "seconds": round(seconds, 3),
+        "images_per_second": round(result["val_samples"] / max(seconds, 1e-9), 1),
+        "weights": str(args.weights),
+        "weights_kind": weights.kind,
+        "depth": weights.depth,
+        "variant": weights.variant,
+        "num_classes": weights.num_classes,
+        "data_dir": str(args.data_dir),
+        "image_size": cfg.image_size,
+        "val_transform": "plain resize" if cfg.dali.val_plain_resize else "resize + centre crop",
+        "precision": precision,
+        "world_size": world_size,
+        "device": str(d.device),
+        "date": date.today().isoformat(),
+        "code_version": code_version(),
+        "machine": machine_facts(d.device, world_size),
+    }
+
+
+def report(r: dict) -> str:
+    return (
+        f"ResNet-{r['depth']} ({r['variant']}, {r['weights_kind']}) on the {r['images']:,} val "
+        f"images of {r['data_dir']} at {r['image_size']}px: top-1 {100 * r['top1']:.2f}%, "
+        f"top-5 {100 * r['top5']:.2f}%, loss {r['loss']:.4f}; {r['seconds']:.1f} s, "
+        f"{r['images_per_second']:,.0f} images/s ({r['world_size']} x "
+        f"{r['device'].split(':')[0]}, {r['precision']})"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rank, world_size, local_rank = dist_env()
+    try:
+        result = run(args, rank, world_size, local_rank)
+        if rank == 0:
+            print(report(result))
+            if args.json:
+                write_atomic(args.json, json.dumps(result, indent=1) + "\n")
+        return 0
+    except (EvaluateError, ShardsError, ConfigError) as e:
+        if rank == 0:
+            print(f"train.evaluate: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
