@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from collections import Counter
@@ -461,15 +462,21 @@ def _block_input(block: Bottleneck) -> torch.Tensor:
     return (x.relu() if not block.preact else x).requires_grad_()
 
 
-@pytest.mark.parametrize("variant", ["preact", "v1.5"])
-def test_a_dropped_identity_block_runs_no_operation_and_leaves_its_bn_statistics(variant):
-    block = _block(variant, projection=False, sd_mode="batch")
+def _dropped_forward(variant: str, projection: bool):
+    """A dropped block's training forward: (block, input, output, BN buffers before, op log)."""
+    block = _block(variant, projection, sd_mode="batch")
     block.keep = False
     x = _block_input(block)
     buffers = _bn_buffers(block)
     log = _AtenLog()
     with log:
         out = block(x)
+    return block, x, out, buffers, log
+
+
+@pytest.mark.parametrize("variant", ["preact", "v1.5"])
+def test_a_dropped_identity_block_runs_no_operation_and_leaves_its_bn_statistics(variant):
+    block, x, out, buffers, log = _dropped_forward(variant, projection=False)
     assert log.ops == []  # forward: nothing at all; backward: nothing of the block's either
     assert out is x
     after = _bn_buffers(block)
@@ -481,13 +488,7 @@ def test_a_dropped_identity_block_runs_no_operation_and_leaves_its_bn_statistics
 
 @pytest.mark.parametrize("variant", ["preact", "v1.5"])
 def test_a_dropped_projection_block_computes_its_shortcut_alone(variant):
-    block = _block(variant, projection=True, sd_mode="batch")
-    block.keep = False
-    x = _block_input(block)
-    buffers = _bn_buffers(block)
-    log = _AtenLog()
-    with log:
-        out = block(x)
+    block, x, out, buffers, log = _dropped_forward(variant, projection=True)
     convolutions = [op for op, _ in log.ops if op == "aten.convolution"]
     assert len(convolutions) == 1  # the projection, not conv1, conv2 or conv3
     reference = block.downsample(torch.relu(block.bn1(x)) if block.preact else x)
@@ -577,3 +578,26 @@ def test_dropped_blocks_of_the_network_leave_their_bn_statistics_alone(variant):
         for key, value in buffers.items():
             unchanged = torch.equal(after[key], value)
             assert unchanged == (not keep and key.split(".")[0] not in shortcut_bns), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["preact", "v1.5"])
+def test_compiled_batch_mode_blocks_match_eager_ones_kept_and_dropped(variant):
+    """The trainer compiles SD batch mode block by block (train.main.compile_blocks): each
+    block compiles a kept and a dropped graph, which must give eager's outputs, gradients and
+    BN statistics, the folded 1/p and the untouched dropped blocks included."""
+    for projection in (False, True):
+        eager = _block(variant, projection, sd_mode="batch")
+        compiled = copy.deepcopy(eager)
+        compiled.compile()
+        for keep in (True, False, True):
+            eager.keep = compiled.keep = keep
+            x = _block_input(eager).detach()
+            x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+            a, b = eager(x1), compiled(x2)
+            a.square().sum().backward()
+            b.square().sum().backward()
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(x2.grad, x1.grad, atol=1e-3, rtol=1e-3)
+            for (name, p), q in zip(eager.named_buffers(), compiled.buffers(), strict=True):
+                torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-5, msg=name)

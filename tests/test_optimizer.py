@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from train.config import derive, parse_config
-from train.logs import Board
 from train.loop import Run, train_step
-from train.main import build_training, param_groups
+from train.main import param_groups, standalone_run
 
 NUM_CLASSES = 3
 
@@ -26,21 +24,7 @@ def trainer(*flags: str, fp16: bool = False) -> Run:
     d = derive(cfg, 0, 1, 0)
     if fp16:  # what a GPU run with --amp_dtype fp16 derives; CPU autocast runs fp16 too
         d = dataclasses.replace(d, amp=True, amp_dtype=torch.float16)
-    model, train_model, optimizer, scaler = build_training(cfg, d, NUM_CLASSES)
-    return Run(
-        cfg=cfg,
-        d=d,
-        model=model,
-        train_model=train_model,
-        optimizer=optimizer,
-        scaler=scaler,
-        board=Board(Path("."), False, None),
-        steps_per_epoch=1,
-        batches_per_epoch=1,
-        skip_last_batch=False,
-        warmup_steps=0,
-        total_steps=1,
-    )
+    return standalone_run(cfg, d, NUM_CLASSES)
 
 
 def batches(n: int, seed: int = 0):

@@ -143,30 +143,15 @@ def bench_input(args: argparse.Namespace) -> dict:
 def time_training(cfg, steps: int, warmup: int, shards: Path | None) -> dict:
     """Images/s of train_step over `steps` steps after `warmup`, timed between synchronizes."""
     from train.config import derive
-    from train.logs import Board
-    from train.loop import Run, set_lr, train_step
-    from train.main import build_training, loader_kwargs, synthetic_batches
+    from train.loop import train_step
+    from train.main import loader_kwargs, standalone_run, synthetic_batches
 
     d = derive(cfg, 0, 1, 0)
     num_classes = 1000
     if shards is not None:
         num_classes = json.loads((shards / "manifest.json").read_text())["num_classes"]
-    model, train_model, optimizer, scaler = build_training(cfg, d, num_classes)
-    run = Run(
-        cfg=cfg,
-        d=d,
-        model=model,
-        train_model=train_model,
-        optimizer=optimizer,
-        scaler=scaler,
-        board=Board(Path("."), False, None),
-        steps_per_epoch=steps,
-        batches_per_epoch=steps,
-        skip_last_batch=False,
-        warmup_steps=0,
-        total_steps=steps,
-    )
-    set_lr(optimizer, d.lr)
+    run = standalone_run(cfg, d, num_classes, steps)
+    model = run.model
     if shards is None:
         batches = synthetic_batches(d, warmup + steps, cfg.image_size, num_classes, cfg.seed)
     else:

@@ -301,6 +301,26 @@ def build_training(cfg: TrainConfig, d: Derived, num_classes: int):
     return model, train_model, optimizer, scaler
 
 
+def standalone_run(cfg: TrainConfig, d: Derived, num_classes: int, steps: int = 1) -> Run:
+    """The trainer's model, optimizer and scaler in a Run for stepping with train_step outside
+    the epoch loop (benchmarks, tests): no outputs, the learning rate stays at d.lr."""
+    model, train_model, optimizer, scaler = build_training(cfg, d, num_classes)
+    return Run(
+        cfg=cfg,
+        d=d,
+        model=model,
+        train_model=train_model,
+        optimizer=optimizer,
+        scaler=scaler,
+        board=Board(Path("."), False, None),
+        steps_per_epoch=steps,
+        batches_per_epoch=steps,
+        skip_last_batch=False,
+        warmup_steps=0,
+        total_steps=steps,
+    )
+
+
 # ---------------------------------------------------------------------------- the run
 
 
