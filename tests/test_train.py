@@ -348,6 +348,39 @@ def test_two_gloo_ranks_with_batch_stochastic_depth_stay_identical(tiny_shards, 
     assert result.stdout.count("epoch 1/2:") == 1  # one summary line: rank 0 only
 
 
+def test_a_stop_after_an_epochs_last_batch_resumes_into_its_evaluation(tiny_shards, tmp_path):
+    """SIGTERM can land after the last batch of an epoch: last.pt then says epoch e, every
+    batch done. The resumed run trains nothing more in e, evaluates it and logs it as an
+    uninterrupted run does (its LR included), then goes on."""
+    flags = ["--epochs", "2", "--log_every", "1"]
+    reference = tmp_path / "reference"
+    assert run_main(tiny_shards, reference, *flags) == 0
+    stopped = tmp_path / "stopped"
+    # One epoch alone trains as the reference's first: with FAST's one-epoch warmup, epoch 1 is
+    # all warmup, whose LR does not depend on the run's length.
+    assert run_main(tiny_shards, stopped, "--epochs", "1", "--log_every", "1") == 0
+    # last.pt of that run as the stop handler would have saved it just before evaluating
+    state = checkpoint.load(stopped / "last.pt")
+    row = state["history"][0]
+    count = row["train_samples"]
+    totals = [row["train_loss"] * count, row["train_top1"] * count, count]
+    config = json.loads((stopped / "config.json").read_text())
+    batches = config["derived"]["steps_per_epoch"]
+    state.update(
+        epoch=0,
+        batches_done=batches,
+        history=[],
+        best_top1=-1.0,
+        totals=torch.tensor(totals, dtype=torch.float32),
+        seconds=row["epoch_seconds"],
+    )
+    state["config"]["epochs"] = 2
+    checkpoint.save(stopped / "last.pt", state)
+    (stopped / "best.pt").unlink()
+    assert run_main(tiny_shards, stopped, *flags) == 0
+    assert comparable(history(stopped)) == comparable(history(reference))
+
+
 def test_cache_copies_the_shards_to_ram_and_removes_them_at_exit(tiny_shards, tmp_path, capsys):
     out = tmp_path / "cached"
     assert run_main(tiny_shards, out, "--epochs", "1", "--cache") == 0

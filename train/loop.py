@@ -134,6 +134,11 @@ def train_one_epoch(
     start = time.perf_counter()
     done = start_batch
     lr = 0.0
+    if start_batch:  # resumed: the LR of the last step taken, should no batch be left to train
+        last_step = epoch * run.steps_per_epoch + (start_batch - 1) // cfg.accum
+        lr = lr_at(
+            last_step, base_lr=d.lr, warmup_steps=run.warmup_steps, total_steps=run.total_steps
+        )
     for i, (images, labels) in enumerate(batches):
         if i > last:
             break
