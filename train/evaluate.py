@@ -168,7 +168,6 @@ def eval_config(args: argparse.Namespace, weights: Weights, world_size: int) -> 
         device=args.device,
         resume="none",
         cache=False,
-        dali=dataclasses.replace(base.dali, num_threads=args.workers),
     )
 
 
