@@ -583,7 +583,7 @@ def test_dropped_blocks_of_the_network_leave_their_bn_statistics_alone(variant):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["preact", "v1.5"])
 def test_compiled_batch_mode_blocks_match_eager_ones_kept_and_dropped(variant):
-    """The trainer compiles SD batch mode block by block (train.main.compile_blocks): each
+    """The trainer compiles SD batch mode block by block (train.model.compile_blocks): each
     block compiles a kept and a dropped graph, which must give eager's outputs, gradients and
     BN statistics, the folded 1/p and the untouched dropped blocks included."""
     for projection in (False, True):

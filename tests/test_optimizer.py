@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from train.config import derive, parse_config
 from train.loop import Run, train_step
-from train.main import param_groups, standalone_run
+from train.model import standalone_run
+from train.optimizer import param_groups
 
 NUM_CLASSES = 3
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -18,8 +20,8 @@ import torch
 from train import checkpoint
 from train.config import ConfigError, check, derive, parse_config
 from train.logs import HISTORY_FIELDS
-from train.main import batches_per_epoch, main
-from train.schedule import FINAL_LR, lr_at
+from train.main import main
+from train.schedule import FINAL_LR, batches_per_epoch, lr_at
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--image_size", "32", "--batch", "8", "--workers", "2", "--warmup_epochs", "1"]
@@ -241,6 +243,72 @@ def test_a_non_finite_loss_stops_cleanly_and_keeps_good_checkpoints(tiny_shards,
         assert torch.equal(after["model"][k], v)
     assert (out / "best.pt").read_bytes() == best
     assert all(torch.isfinite(v).all() for v in after["model"].values() if v.is_floating_point())
+
+
+# The last commit whose trainer was one train/main.py, before it was split into modules.
+BEFORE_THE_SPLIT = "3f1884f"
+# Runs the trainer of the code on PYTHONPATH and sends itself SIGTERM as the loader hands over
+# batch STOP_AT of epoch STOP_EPOCH (0-based): a mid-epoch stop at a known batch.
+STOP_DRIVER = """
+import os, signal, sys
+import train.main as trainer
+stop_epoch, stop_at = int(sys.argv[1]), int(sys.argv[2])
+make_loader = trainer.make_loader
+class Stopping:
+    def __init__(self, loader):
+        self.loader = loader
+    def __len__(self):
+        return len(self.loader)
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i == stop_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+def stopping_loader(*args, **kwargs):
+    loader = make_loader(*args, **kwargs)
+    return Stopping(loader) if kwargs.get("epoch") == stop_epoch else loader
+trainer.make_loader = stopping_loader
+sys.exit(trainer.main(sys.argv[3:]))
+"""
+
+
+def code_before_the_split(into: Path) -> Path:
+    try:
+        archive = subprocess.run(
+            ["git", "archive", BEFORE_THE_SPLIT, "models", "prep", "train"],
+            cwd=ROOT, capture_output=True, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip(f"needs the git history: commit {BEFORE_THE_SPLIT} is not in this clone")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+@pytest.mark.slow
+def test_a_mid_epoch_checkpoint_of_the_code_before_the_split_resumes_exactly(
+    two_epochs, tiny_shards, tmp_path
+):
+    """last.pt files written before train/main.py was split into modules still resume, and
+    the run ends as an uninterrupted run of today's code does."""
+    old = code_before_the_split(tmp_path / "old")
+    assert (old / "train/main.py").is_file() and not (old / "train/model.py").exists()
+    (tmp_path / "stop.py").write_text(STOP_DRIVER)
+    out = tmp_path / "old-run"
+    flags = ["--data_dir", str(tiny_shards), "--out", str(out), *FAST]
+    flags += ["--epochs", "2", "--log_every", "1", "--sd", "1"]  # as two_epochs was run
+    stopped = subprocess.run(
+        [sys.executable, str(tmp_path / "stop.py"), "1", "1", *flags],
+        env={**os.environ, "PYTHONPATH": str(old)}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stdout + stopped.stderr
+    saved = checkpoint.load(out / "last.pt")
+    assert (saved["epoch"], saved["batches_done"]) == (1, 2) and len(saved["history"]) == 1
+    assert main(flags) == 0  # today's code resumes it
+    assert comparable(history(out)) == comparable(history(two_epochs))
+    a, b = checkpoint.load(out / "last.pt"), checkpoint.load(two_epochs / "last.pt")
+    for k in b["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
 
 
 @pytest.mark.slow

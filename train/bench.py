@@ -143,8 +143,9 @@ def bench_input(args: argparse.Namespace) -> dict:
 def time_training(cfg, steps: int, warmup: int, shards: Path | None) -> dict:
     """Images/s of train_step over `steps` steps after `warmup`, timed between synchronizes."""
     from train.config import derive
+    from train.inputs import loader_kwargs, synthetic_batches
     from train.loop import train_step
-    from train.main import loader_kwargs, standalone_run, synthetic_batches
+    from train.model import standalone_run
 
     d = derive(cfg, 0, 1, 0)
     num_classes = 1000
@@ -221,19 +222,7 @@ def bench_train(args: argparse.Namespace) -> dict:
         f"\nbench-train: ResNet-{args.depth}, batch {args.batch}, {args.image_size}px, "
         f"{precision}, {'compiled' if args.compile else 'eager'}, on {device}"
     )
-    header = ("stochastic depth", "synthetic img/s", "DALI img/s", "DALI/synth", "peak GiB")
-    print(f"{header[0]:<18}{header[1]:>16}{header[2]:>12}{header[3]:>12}{header[4]:>10}")
-    for r in rows:
-        peak = r["synthetic"]["peak_gib"]
-        print(
-            f"{r['sd']:<18}{r['synthetic']['images_per_s']:>16.1f}{r['dali']['images_per_s']:>12.1f}"
-            f"{r['dali_over_synthetic']:>12.2f}{'-' if peak is None else f'{peak:.1f}':>10}"
-        )
-    base = next((r for r in rows if r["sd"] == "off"), None)
-    for r in rows:
-        if base is not None and r is not base:
-            gain = r["synthetic"]["images_per_s"] / base["synthetic"]["images_per_s"]
-            print(f"SD {r['sd']} / SD off (synthetic): {gain:.2f}x")
+    print_train_table(rows)
     return {
         "benchmark": "train",
         "date": date.today().isoformat(),
@@ -247,6 +236,23 @@ def bench_train(args: argparse.Namespace) -> dict:
         "timed_steps": args.batches,
         "rows": rows,
     }
+
+
+def print_train_table(rows: list[dict]) -> None:
+    """One line per stochastic-depth mode, then each mode's ratio to SD off."""
+    header = ("stochastic depth", "synthetic img/s", "DALI img/s", "DALI/synth", "peak GiB")
+    print(f"{header[0]:<18}{header[1]:>16}{header[2]:>12}{header[3]:>12}{header[4]:>10}")
+    for r in rows:
+        peak = r["synthetic"]["peak_gib"]
+        print(
+            f"{r['sd']:<18}{r['synthetic']['images_per_s']:>16.1f}{r['dali']['images_per_s']:>12.1f}"
+            f"{r['dali_over_synthetic']:>12.2f}{'-' if peak is None else f'{peak:.1f}':>10}"
+        )
+    base = next((r for r in rows if r["sd"] == "off"), None)
+    for r in rows:
+        if base is not None and r is not base:
+            gain = r["synthetic"]["images_per_s"] / base["synthetic"]["images_per_s"]
+            print(f"SD {r['sd']} / SD off (synthetic): {gain:.2f}x")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,14 +1,59 @@
-"""Checkpoints: written under a temporary name and renamed, with every RNG state, so that a
-resumed run continues exactly where the saved one stopped."""
+"""Checkpoints: what last.pt and best.pt hold (weights, optimizer, scaler, the run's progress,
+every RNG state, the config), written under a temporary name and renamed, so that a resumed
+run continues exactly where the saved one stopped; and loading them safely."""
 
 from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from train.config import to_dict
+from train.logs import code_version
+from train.loop import Run
+
+
+@dataclass
+class Progress:
+    """How far a run has come: what a checkpoint holds besides the training state."""
+
+    epoch: int = 0  # epochs completed, or the epoch in progress when batches_done > 0
+    batches_done: int = 0  # of that epoch in progress
+    totals: torch.Tensor | None = None  # its running (loss sum, correct, samples) on rank 0
+    seconds: float = 0.0  # its training seconds so far
+    history: list[dict] = field(default_factory=list)  # a row per finished epoch
+    best_top1: float = -1.0
+
+
+def training_state(run: Run, progress: Progress, num_classes: int) -> dict:
+    """last.pt and best.pt: everything a resumed run needs to continue exactly."""
+    return {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "epoch": progress.epoch,
+        "batches_done": progress.batches_done,
+        "totals": None if progress.totals is None else progress.totals.cpu(),
+        "seconds": progress.seconds,
+        "history": progress.history,
+        "best_top1": progress.best_top1,
+        "rng": rng_state(run.model),
+        "config": to_dict(run.cfg),
+        "num_classes": num_classes,
+        "code_version": code_version(),
+    }
+
+
+def save_training(out: Path, run: Run, progress: Progress, num_classes: int, best: bool) -> None:
+    """OUT/last.pt, and OUT/best.pt too when `best`."""
+    state = training_state(run, progress, num_classes)
+    save(out / "last.pt", state)
+    if best:
+        save(out / "best.pt", state)
 
 
 def rng_state(model) -> dict:

@@ -32,6 +32,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VAL_CROP_FRACTION = 0.875  # resize the shorter side to 256 for a 224 crop
 READER = "Reader"
+IMAGENET_TRAIN_IMAGES = 1_281_167
 
 
 class ShardsError(Exception):
@@ -86,6 +87,29 @@ def load_manifest(shards_dir: str | Path) -> dict:
                         f"check with `python -m prep verify {shards_dir}`"
                     )
     return manifest
+
+
+def dataset_facts(shards_dir: str | Path, synthetic: bool = False) -> dict:
+    """num_classes, sample counts and the manifest of a shards folder; with `synthetic` and
+    no shards there, ImageNet's (the data is not read)."""
+    try:
+        manifest = load_manifest(shards_dir)
+    except ShardsError:
+        if not synthetic:
+            raise
+        return {"num_classes": 1000, "train": IMAGENET_TRAIN_IMAGES, "val": 0, "manifest": None}
+    classes_txt = Path(shards_dir) / "classes.txt"
+    if classes_txt.is_file() and len(classes_txt.read_text().split()) != manifest["num_classes"]:
+        raise ShardsError(
+            f"{classes_txt} lists {len(classes_txt.read_text().split())} classes but the manifest "
+            f"says {manifest['num_classes']}: the shards folder is inconsistent; rerun make shards"
+        )
+    return {
+        "num_classes": manifest["num_classes"],
+        "train": manifest["splits"]["train"]["num_samples"],
+        "val": manifest["splits"]["val"]["num_samples"],
+        "manifest": manifest,
+    }
 
 
 def sample_keys(shards_dir: str | Path, shards: list[dict]) -> list[str]:
@@ -262,6 +286,29 @@ class DaliLoader:
             yield images, labels_from_digits(batch["labels"])
 
 
+def check_loader_args(split: str, rank: int, world_size: int, dtype, knobs: dict) -> None:
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    if dtype not in (torch.float32, torch.float16):
+        raise ValueError(f"DALI produces float32 or float16 images, not {dtype}")
+    unknown = set(knobs) - set(knob_names())
+    if unknown:
+        raise TypeError(f"unknown pipeline knobs {sorted(unknown)}; known: {knob_names()}")
+
+
+def epoch_order(
+    num_tars: int, seed: int, epoch: int, rank: int, world_size: int
+) -> tuple[list[int], int, int]:
+    """(tar order, this rank's shard of it, reader seed) of one train epoch: a pure function
+    of (seed, epoch), the same on every rank but the shard, which rotates with the epoch."""
+    reader_seed = seed * 1_000_003 + epoch
+    order = list(range(num_tars))
+    random.Random(reader_seed).shuffle(order)
+    return order, (rank + epoch) % world_size, reader_seed
+
+
 def make_loader(
     shards_dir: str | Path,
     split: str,
@@ -291,23 +338,12 @@ def make_loader(
     """
     from nvidia.dali import pipeline_def
 
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside world_size {world_size}")
-    if dtype not in (torch.float32, torch.float16):
-        raise ValueError(f"DALI produces float32 or float16 images, not {dtype}")
-    unknown = set(knobs) - set(knob_names())
-    if unknown:
-        raise TypeError(f"unknown pipeline knobs {sorted(unknown)}; known: {knob_names()}")
+    check_loader_args(split, rank, world_size, dtype, knobs)
     options = PipelineKnobs(**knobs)
-    manifest = load_manifest(shards_dir)
-    info = manifest["splits"][split]
+    info = load_manifest(shards_dir)["splits"][split]
     order, shard_id, reader_seed = list(range(len(info["shards"]))), rank, seed
     if epoch is not None and split == "train":
-        reader_seed = seed * 1_000_003 + epoch
-        random.Random(reader_seed).shuffle(order)
-        shard_id = (rank + epoch) % world_size
+        order, shard_id, reader_seed = epoch_order(len(order), seed, epoch, rank, world_size)
     files = [str(Path(shards_dir) / info["shards"][i]["tar"]) for i in order]
     index_files = [str(Path(shards_dir) / info["shards"][i]["index"]) for i in order]
     device = torch.device(device)

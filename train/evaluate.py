@@ -26,11 +26,12 @@ import torch.distributed as dist
 
 from models import STAGE_BLOCKS, VARIANTS, build_resnet
 from train import checkpoint
-from train.config import ConfigError, TrainConfig, check, derive, from_dict
+from train.config import ConfigError, Derived, TrainConfig, check, derive, from_dict
 from train.data import ShardsError, load_manifest, make_loader, sample_keys
+from train.environment import dist_env, end_process_group, start_process_group
+from train.inputs import loader_kwargs
 from train.logs import code_version, machine_facts, write_atomic
 from train.loop import evaluate
-from train.main import dist_env, loader_kwargs
 
 # Prefixes that wrappers leave on parameter names: DDP's module, torch.compile's _orig_mod.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -247,10 +248,7 @@ def run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -
     cfg = eval_config(args, weights, world_size)
     check(cfg, world_size)
     d = derive(cfg, rank, world_size, local_rank)
-    if world_size > 1:
-        if d.device.type == "cuda":
-            torch.cuda.set_device(d.device)
-        dist.init_process_group("nccl" if d.device.type == "cuda" else "gloo")
+    start_process_group(d)
     model = build_resnet(weights.depth, variant=weights.variant, num_classes=weights.num_classes)
     model.load_state_dict(weights.state_dict)
     model.to(d.device)
@@ -271,14 +269,31 @@ def run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -
             "report this"
         )
     if args.logits:
-        logits, labels = gather_rows(parts, world_size)
-        if rank == 0:
-            keys = sample_keys(args.data_dir, manifest["splits"]["val"]["shards"])
-            out = Path(args.logits)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.tmp.{os.getpid()}.npz")
-            np.savez(tmp, logits=logits.numpy(), labels=labels.numpy(), keys=np.array(keys))
-            os.replace(tmp, out)
+        write_logits(Path(args.logits), parts, args.data_dir, manifest, d)
+    return result_record(args, weights, cfg, d, result, seconds)
+
+
+def write_logits(path: Path, parts: list, data_dir: str, manifest: dict, d: Derived) -> None:
+    """Every val image's logits, label and key, gathered on rank 0, in the shards' order."""
+    logits, labels = gather_rows(parts, d.world_size)
+    if d.rank != 0:
+        return
+    keys = sample_keys(data_dir, manifest["splits"]["val"]["shards"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.npz")
+    np.savez(tmp, logits=logits.numpy(), labels=labels.numpy(), keys=np.array(keys))
+    os.replace(tmp, path)
+
+
+def result_record(
+    args: argparse.Namespace,
+    weights: Weights,
+    cfg: TrainConfig,
+    d: Derived,
+    result: dict,
+    seconds: float,
+) -> dict:
+    """What the evaluation prints and writes with --json."""
     precision = str(d.amp_dtype).split(".")[-1] + " autocast" if d.amp else "float32"
     return {
         "top1": result["val_top1"],
@@ -296,11 +311,11 @@ def run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -
         "image_size": cfg.image_size,
         "val_transform": "plain resize" if cfg.dali.val_plain_resize else "resize + centre crop",
         "precision": precision,
-        "world_size": world_size,
+        "world_size": d.world_size,
         "device": str(d.device),
         "date": date.today().isoformat(),
         "code_version": code_version(),
-        "machine": machine_facts(d.device, world_size),
+        "machine": machine_facts(d.device, d.world_size),
     }
 
 
@@ -329,8 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"train.evaluate: error: {e}", file=sys.stderr)
         return 2
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        end_process_group()
 
 
 if __name__ == "__main__":

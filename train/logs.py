@@ -1,6 +1,6 @@
-"""What a run writes beside its checkpoints: config.json, training_history.csv,
-training_summary.csv/.json and TensorBoard events. Every file is written under a temporary
-name and renamed."""
+"""What a run writes and says beside its checkpoints: config.json, training_history.csv,
+training_summary.csv/.json, TensorBoard events, and the lines it prints (rank 0 only). Every
+file is written under a temporary name and renamed."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ import subprocess
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
+
+from train.config import Derived, TrainConfig, to_dict
 
 HISTORY_FIELDS = [
     "epoch",
@@ -25,6 +28,13 @@ HISTORY_FIELDS = [
     "epoch_seconds",
     "images_per_second",
 ]
+
+
+def say(d: Derived | None, *lines: str) -> None:
+    """Print on rank 0 only (tqdm-safe)."""
+    if d is None or d.rank == 0:
+        for line in lines:
+            tqdm.write(line)
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
@@ -73,6 +83,67 @@ def write_summary(out: Path, summary: dict) -> None:
     flat = {k: v for k, v in summary.items() if k != "config"}
     flat.update({f"config.{k}": v for k, v in summary["config"].items() if k != "dali"})
     write_atomic(out / "training_summary.csv", csv_text([flat], list(flat)))
+
+
+def write_config(out: Path, cfg: TrainConfig, d: Derived, derived: dict) -> None:
+    """config.json: the config, what was derived from it (`derived`: the values that the run
+    derived beyond `d`), the code version and the machine."""
+    record = {
+        "config": to_dict(cfg),
+        "derived": {
+            "lr": d.lr,
+            "warmup_epochs": d.warmup_epochs,
+            "micro_batch": d.micro_batch,
+            "world_size": d.world_size,
+            "amp": d.amp,
+            "amp_dtype": str(d.amp_dtype) if d.amp else "float32",
+            "channels_last": d.channels_last,
+            "device": str(d.device),
+            **derived,
+        },
+        "code_version": code_version(),
+        "machine": machine_facts(d.device, d.world_size),
+    }
+    write_atomic(out / "config.json", json.dumps(record, indent=1) + "\n")
+
+
+def fmt(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def run_line(cfg: TrainConfig, d: Derived, parameters: int, steps_per_epoch: int) -> str:
+    """What is trained, where and how: the run's first line."""
+    return (
+        f"ResNet-{cfg.depth} ({cfg.variant}), stochastic depth {d.sd_mode}"
+        + (f" (pL {cfg.pL})" if cfg.sd else "")
+        + f", {parameters:,} parameters; "
+        f"{d.world_size} x {d.device.type}, batch {cfg.batch} ({d.micro_batch} per rank"
+        + (f" x {cfg.accum} accum" if cfg.accum > 1 else "")
+        + f"), lr {d.lr:g}, "
+        + (f"AMP {str(d.amp_dtype).split('.')[-1]}" if d.amp else "float32")
+        + f", {steps_per_epoch} steps/epoch"
+    )
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    val = (
+        f"val loss {row['val_loss']:.4f} top-1 {fmt(row['val_top1'])} top-5 {fmt(row['val_top5'])}"
+        if "val_top1" in row
+        else "no val"
+    )
+    return (
+        f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} top-1 "
+        f"{fmt(row['train_top1'])} | {val} | lr {row['lr']:.5f} | {row['epoch_seconds']:.1f} s, "
+        f"{row['images_per_second']:.1f} img/s"
+    )
+
+
+def done_line(summary: dict, out: Path) -> str:
+    return (
+        f"done: best top-1 {fmt(summary['best_top1'])} at epoch {summary['best_epoch']}, "
+        f"final top-1 {fmt(summary['final_top1'])}, top-5 {fmt(summary['final_top5'])}; "
+        f"outputs in {out}"
+    )
 
 
 def code_version() -> str:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from train.config import Derived, TrainConfig
 from train.logs import Board
-from train.schedule import lr_at
+from train.schedule import StepPlan, lr_at
 
 
 class NonFiniteLoss(Exception):
@@ -43,7 +43,8 @@ class Interrupted(Exception):
 
 @dataclass
 class Run:
-    """What the epoch functions need; built once by train.main."""
+    """What the epoch functions need; built once per run (train.model.standalone_run builds
+    one for stepping outside the epoch loop)."""
 
     cfg: TrainConfig
     d: Derived
@@ -52,11 +53,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     board: Board
-    steps_per_epoch: int  # optimizer steps
-    batches_per_epoch: int  # loader batches used per epoch
-    skip_last_batch: bool  # some rank's last batch is empty: every rank skips it
-    warmup_steps: int
-    total_steps: int
+    plan: StepPlan
     stop_requested: list = field(default_factory=lambda: [False])  # [False] or [signal name]
 
 
@@ -106,6 +103,13 @@ def train_step(run: Run, images, labels, boundary: bool):
     return loss, logits
 
 
+def lr_of_step(run: Run, step: int) -> float:
+    plan = run.plan
+    return lr_at(
+        step, base_lr=run.d.lr, warmup_steps=plan.warmup_steps, total_steps=plan.total_steps
+    )
+
+
 def train_one_epoch(
     run: Run,
     batches: Iterable,
@@ -116,42 +120,27 @@ def train_one_epoch(
     seconds_before: float = 0.0,
 ) -> dict:
     """Train one epoch from batch `start_batch` on; returns the epoch's train metrics."""
-    cfg, d, model = run.cfg, run.d, run.train_model
-    model.train()
+    cfg, d = run.cfg, run.d
+    run.train_model.train()
     # (loss sum, correct, samples) of this rank, on the device
     totals = torch.zeros(3, device=d.device) if totals is None else totals.to(d.device)
     bad_step = torch.full((), -1, dtype=torch.long, device=d.device)
-    last = run.batches_per_epoch - (2 if run.skip_last_batch else 1)  # index of the last used
-    bar = tqdm(
-        total=last + 1,
-        initial=start_batch,
-        desc=f"epoch {epoch + 1}/{cfg.epochs}",
-        unit="batch",
-        disable=d.rank != 0,
-        leave=False,
-        dynamic_ncols=True,
-    )
+    last = run.plan.batches_per_epoch - (2 if run.plan.skip_last_batch else 1)  # last used
+    bar = epoch_bar(run, epoch, last + 1, start_batch)
     start = time.perf_counter()
-    done = start_batch
     lr = 0.0
     if start_batch:  # resumed: the LR of the last step taken, should no batch be left to train
-        last_step = epoch * run.steps_per_epoch + (start_batch - 1) // cfg.accum
-        lr = lr_at(
-            last_step, base_lr=d.lr, warmup_steps=run.warmup_steps, total_steps=run.total_steps
-        )
+        lr = lr_of_step(run, epoch * run.plan.steps_per_epoch + (start_batch - 1) // cfg.accum)
     for i, (images, labels) in enumerate(batches):
         if i > last:
             break
         if i < start_batch:  # resuming mid-epoch: these batches were trained before the stop
             continue
-        micro = i % cfg.accum
-        step = epoch * run.steps_per_epoch + i // cfg.accum
-        if micro == 0:
-            lr = lr_at(
-                step, base_lr=d.lr, warmup_steps=run.warmup_steps, total_steps=run.total_steps
-            )
+        step = epoch * run.plan.steps_per_epoch + i // cfg.accum
+        if i % cfg.accum == 0:
+            lr = lr_of_step(run, step)
             set_lr(run.optimizer, lr)
-        boundary = micro == cfg.accum - 1 or i == last
+        boundary = i % cfg.accum == cfg.accum - 1 or i == last
         loss, logits = train_step(run, images, labels, boundary)
         with torch.no_grad():
             n = labels.shape[0]
@@ -162,22 +151,44 @@ def train_one_epoch(
             bad_step = torch.where(torch.isfinite(loss) | (bad_step >= 0), bad_step, step)
         done = i + 1
         if done % cfg.log_every == 0 or i == last:  # a log point: the only host syncs
-            if bad_step.item() >= 0:
-                raise NonFiniteLoss(epoch, int(bad_step.item()))
-            bar.update(done - bar.n)
-            rate = (
-                (done - start_batch) * d.micro_batch * d.world_size / (time.perf_counter() - start)
-            )
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4f}", img_s=f"{rate:.1f}")
-            run.board.scalars({"train/loss": loss.item(), "train/lr": lr}, step)
+            images_seen = (done - start_batch) * d.micro_batch * d.world_size
+            rate = images_seen / (time.perf_counter() - start)
+            log_point(run, bar, (epoch, step, done), bad_step, loss, lr, rate)
             if stop_agreed(run):
                 bar.close()
                 raise Interrupted(done, totals, seconds_before + time.perf_counter() - start)
     bar.close()
     if d.device.type == "cuda":
         torch.cuda.synchronize(d.device)
-    seconds = seconds_before + time.perf_counter() - start
-    if d.world_size > 1:
+    return epoch_metrics(run, totals, lr, seconds_before + time.perf_counter() - start)
+
+
+def epoch_bar(run: Run, epoch: int, batches: int, start_batch: int) -> tqdm:
+    return tqdm(
+        total=batches,
+        initial=start_batch,
+        desc=f"epoch {epoch + 1}/{run.cfg.epochs}",
+        unit="batch",
+        disable=run.d.rank != 0,
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+def log_point(run: Run, bar: tqdm, where: tuple[int, int, int], bad_step, loss, lr, rate):
+    """At a log point (epoch, global step, batches done): stop on a non-finite loss, naming
+    the step it first happened at; advance the progress bar; log loss and LR."""
+    epoch, step, done = where
+    if bad_step.item() >= 0:
+        raise NonFiniteLoss(epoch, int(bad_step.item()))
+    bar.update(done - bar.n)
+    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4f}", img_s=f"{rate:.1f}")
+    run.board.scalars({"train/loss": loss.item(), "train/lr": lr}, step)
+
+
+def epoch_metrics(run: Run, totals: torch.Tensor, lr: float, seconds: float) -> dict:
+    """The epoch's train metrics, summed over the ranks."""
+    if run.d.world_size > 1:
         dist.all_reduce(totals)
     loss_sum, correct, count = totals.tolist()
     return {
