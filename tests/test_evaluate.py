@@ -107,6 +107,9 @@ def test_bad_weights_get_a_one_line_error(trained, tiny_shards, tmp_path, capsys
     )
     clash = error_of(capsys, evaluate(tiny_shards, trained / "best.pt", "--depth", "152"))
     assert "--depth 152 (it holds 50)" in clash
+    no_average = error_of(capsys, evaluate(tiny_shards, trained / "best.pt", "--ema"))
+    assert "--ema: " in no_average and "holds no averaged weights" in no_average
+    assert "bare state_dict" in error_of(capsys, evaluate(tiny_shards, other_classes, "--ema"))
 
 
 def test_bad_shards_get_a_one_line_error(trained, tiny_shards, tiny_imagenet, copy_of, capsys):

@@ -19,10 +19,19 @@ def modules(package: str) -> dict[str, ast.Module]:
     }
 
 
+def runtime_nodes(tree: ast.AST):
+    """Every node, less the `if TYPE_CHECKING:` blocks (imports for annotations only)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            continue
+        yield node
+        yield from runtime_nodes(node)
+
+
 def our_imports(tree: ast.Module) -> set[str]:
-    """The modules of this project that a module imports, anywhere in it."""
+    """The modules of this project that a module imports when it runs, anywhere in it."""
     found = set()
-    for node in ast.walk(tree):
+    for node in runtime_nodes(tree):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models import Bottleneck, build_resnet, drop_path, survival_probs
 from models.__main__ import main as models_main
-from models.__main__ import skipped_share, training_flops
+from models.flops import skipped_share, training_flops
 
 TORCHVISION_PARAMS = {50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
 # Pinned from this implementation: pre-activation moves BNs around (one more BN per block on

@@ -143,6 +143,7 @@ def bench_input(args: argparse.Namespace) -> dict:
 def time_training(cfg, steps: int, warmup: int, shards: Path | None) -> dict:
     """Images/s of train_step over `steps` steps after `warmup`, timed between synchronizes."""
     from train.config import derive
+    from train.ema import build_average, step_decay
     from train.inputs import loader_kwargs, synthetic_batches
     from train.loop import train_step
     from train.model import standalone_run
@@ -152,6 +153,8 @@ def time_training(cfg, steps: int, warmup: int, shards: Path | None) -> dict:
     if shards is not None:
         num_classes = json.loads((shards / "manifest.json").read_text())["num_classes"]
     run = standalone_run(cfg, d, num_classes, steps)
+    if cfg.ema:  # the average is updated inside train_step, after the optimizer step
+        run.ema = build_average(run.model, step_decay(cfg.ema_halflife, 5005))
     model = run.model
     if shards is None:
         batches = synthetic_batches(d, warmup + steps, cfg.image_size, num_classes, cfg.seed)
@@ -160,7 +163,9 @@ def time_training(cfg, steps: int, warmup: int, shards: Path | None) -> dict:
         def endless():
             epoch = 0
             while True:
-                yield from make_loader(shards, "train", epoch=epoch, **loader_kwargs(cfg, d))
+                yield from make_loader(
+                    shards, "train", epoch=epoch, **loader_kwargs(cfg, d, cfg.image_size)
+                )
                 epoch += 1
 
         batches = endless()
@@ -183,7 +188,20 @@ def time_training(cfg, steps: int, warmup: int, shards: Path | None) -> dict:
         "images_per_s": round(images / seconds, 1),
         "step_ms": round(1000 * seconds / steps, 2),
         "peak_gib": None if peak is None else round(peak, 2),
+        "ema_update_ms": None if run.ema is None else round(time_ema_update(run, d, steps), 3),
     }
+
+
+def time_ema_update(run, d, repeats: int) -> float:
+    """Milliseconds of one EMA update alone (its share of a step), between synchronizes."""
+    from train.ema import update_average
+
+    synchronize(d.device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        update_average(run.ema)
+    synchronize(d.device)
+    return 1000 * (time.perf_counter() - start) / repeats
 
 
 def bench_train(args: argparse.Namespace) -> dict:
@@ -192,67 +210,109 @@ def bench_train(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     shards = ensure_shards(args.shards, args.workers)
     rows = []
-    for sd_mode in args.sd.split(","):
-        cfg = TrainConfig(
-            data_dir=str(shards),
-            depth=args.depth,
-            sd=int(sd_mode != "off"),
-            sd_mode=sd_mode if sd_mode != "off" else "batch",
-            pL=0.5,
-            batch=args.batch,
-            image_size=args.image_size,
-            workers=args.workers,
-            compile=args.compile,
-            no_mixed_precision=args.fp32,
-            device=str(device),
-            seed=0,
-        )
-        synthetic = time_training(cfg, args.batches, args.warmup, None)
-        dali = time_training(cfg, args.batches, args.warmup, shards)
-        rows.append(
-            {
-                "sd": sd_mode,
-                "synthetic": synthetic,
-                "dali": dali,
-                "dali_over_synthetic": round(dali["images_per_s"] / synthetic["images_per_s"], 3),
-            }
-        )
+    for size in args.image_sizes:
+        for sd_mode in args.sd.split(","):
+            cfg = TrainConfig(
+                data_dir=str(shards),
+                depth=args.depth,
+                sd=int(sd_mode != "off"),
+                sd_mode=sd_mode if sd_mode != "off" else "batch",
+                pL=0.5,
+                batch=args.batch,
+                image_size=size,
+                workers=args.workers,
+                compile=args.compile,
+                no_mixed_precision=args.fp32,
+                device=str(device),
+                seed=0,
+                ema=args.ema,
+            )
+            synthetic = time_training(cfg, args.batches, args.warmup, None)
+            dali = time_training(cfg, args.batches, args.warmup, shards)
+            ratio = round(dali["images_per_s"] / synthetic["images_per_s"], 3)
+            rows.append(
+                {"image_size": size, "sd": sd_mode, "synthetic": synthetic, "dali": dali}
+                | {"dali_over_synthetic": ratio}
+            )
     precision = "fp32" if args.fp32 or device.type == "cpu" else "bf16 AMP"
+    sizes = ",".join(str(s) for s in args.image_sizes)
     print(
-        f"\nbench-train: ResNet-{args.depth}, batch {args.batch}, {args.image_size}px, "
+        f"\nbench-train: ResNet-{args.depth}, batch {args.batch}, {sizes}px, "
         f"{precision}, {'compiled' if args.compile else 'eager'}, on {device}"
     )
     print_train_table(rows)
+    resolutions = resolution_ratios(rows, args.depth) if len(args.image_sizes) > 1 else None
     return {
         "benchmark": "train",
         "date": date.today().isoformat(),
         "machine": machine_facts(device, world_size=1),
         "depth": args.depth,
         "batch": args.batch,
-        "image_size": args.image_size,
+        "image_sizes": args.image_sizes,
         "precision": precision,
         "compile": args.compile,
+        "ema": args.ema,
         "warmup_steps": args.warmup,
         "timed_steps": args.batches,
         "rows": rows,
+        "resolutions": resolutions,
     }
+
+
+def resolution_ratios(rows: list[dict], depth: int) -> list[dict]:
+    """Each resolution's time per image against the largest one's, beside its FLOPs ratio
+    (the time a step would take if time followed FLOPs), for the first SD mode."""
+    from models.flops import training_flops
+
+    first = [r for r in rows if r["sd"] == rows[0]["sd"]]
+    largest = max(first, key=lambda r: r["image_size"])
+    flops = {
+        r["image_size"]: training_flops(depth, "preact", r["image_size"], 1000)[0] for r in first
+    }
+    print(f"\nper image, against {largest['image_size']} px (SD {largest['sd']}):")
+    print(f"{'px':>5}{'FLOPs':>8}{'time, synthetic':>17}{'time, DALI':>12}")
+    out = []
+    for r in first:
+        row = {
+            "image_size": r["image_size"],
+            "flops_ratio": round(flops[r["image_size"]] / flops[largest["image_size"]], 3),
+            **{
+                f"time_ratio_{k}": round(largest[k]["images_per_s"] / r[k]["images_per_s"], 3)
+                for k in ("synthetic", "dali")
+            },
+        }
+        print(
+            f"{row['image_size']:>5}{row['flops_ratio']:>8.2f}"
+            f"{row['time_ratio_synthetic']:>17.2f}{row['time_ratio_dali']:>12.2f}"
+        )
+        out.append(row)
+    return out
 
 
 def print_train_table(rows: list[dict]) -> None:
     """One line per stochastic-depth mode, then each mode's ratio to SD off."""
-    header = ("stochastic depth", "synthetic img/s", "DALI img/s", "DALI/synth", "peak GiB")
-    print(f"{header[0]:<18}{header[1]:>16}{header[2]:>12}{header[3]:>12}{header[4]:>10}")
+    header = ("px", "stochastic depth", "synthetic img/s", "DALI img/s", "DALI/synth", "peak GiB")
+    print(
+        f"{header[0]:>5}  {header[1]:<18}{header[2]:>16}{header[3]:>12}{header[4]:>12}"
+        f"{header[5]:>10}"
+    )
     for r in rows:
         peak = r["synthetic"]["peak_gib"]
         print(
-            f"{r['sd']:<18}{r['synthetic']['images_per_s']:>16.1f}{r['dali']['images_per_s']:>12.1f}"
-            f"{r['dali_over_synthetic']:>12.2f}{'-' if peak is None else f'{peak:.1f}':>10}"
+            f"{r['image_size']:>5}  {r['sd']:<18}{r['synthetic']['images_per_s']:>16.1f}"
+            f"{r['dali']['images_per_s']:>12.1f}{r['dali_over_synthetic']:>12.2f}"
+            f"{'-' if peak is None else f'{peak:.1f}':>10}"
         )
-    base = next((r for r in rows if r["sd"] == "off"), None)
-    for r in rows:
-        if base is not None and r is not base:
-            gain = r["synthetic"]["images_per_s"] / base["synthetic"]["images_per_s"]
-            print(f"SD {r['sd']} / SD off (synthetic): {gain:.2f}x")
+        ema = r["synthetic"]["ema_update_ms"]
+        if ema is not None:
+            step = r["synthetic"]["step_ms"]
+            print(f"       EMA update {ema:.2f} ms = {ema / step:.1%} of a {step:.1f} ms step")
+    for size in dict.fromkeys(r["image_size"] for r in rows):
+        base = next((r for r in rows if r["sd"] == "off" and r["image_size"] == size), None)
+        for r in rows:
+            if base is not None and r is not base and r["image_size"] == size:
+                gain = r["synthetic"]["images_per_s"] / base["synthetic"]["images_per_s"]
+                print(f"{size} px: SD {r['sd']} / SD off (synthetic): {gain:.2f}x")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -264,6 +324,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="CPU workers for both")
     p.add_argument("--batch", type=int, default=256 if default_device == "cuda" else 64)
     p.add_argument("--image-size", type=int, help="default 224 (bench-train on a CPU: 128)")
+    p.add_argument(
+        "--image-sizes",
+        help="train: several resolutions in one run, e.g. 128,160,192,224; each one's time per "
+        "image is printed against the largest, beside the FLOPs ratio",
+    )
+    p.add_argument("--ema", action="store_true", help="train: with --ema; times its update too")
     p.add_argument("--warmup", type=int, default=5, help="batches before timing")
     p.add_argument("--batches", type=int, default=30, help="timed batches")
     p.add_argument("--json", help="where to write the JSON (default: benchmarks/results/...)")
@@ -274,6 +340,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.image_size is None:
         args.image_size = 224 if args.device.startswith("cuda") or args.what == "input" else 128
+    sizes = args.image_sizes.split(",") if args.image_sizes else [args.image_size]
+    args.image_sizes = [int(s) for s in sizes]
     return args
 
 

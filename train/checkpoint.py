@@ -1,6 +1,7 @@
-"""Checkpoints: what last.pt and best.pt hold (weights, optimizer, scaler, the run's progress,
-every RNG state, the config), written under a temporary name and renamed, so that a resumed
-run continues exactly where the saved one stopped; and loading them safely."""
+"""Checkpoints: what last.pt and best.pt hold (weights, their average with --ema, optimizer,
+scaler, the run's progress, every RNG state, the config), written under a temporary name and
+renamed, so that a resumed run continues exactly where the saved one stopped; and loading
+them safely."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class Progress:
     seconds: float = 0.0  # its training seconds so far
     history: list[dict] = field(default_factory=list)  # a row per finished epoch
     best_top1: float = -1.0
+    best_weights: str = "live"  # which weights scored best_top1: live, or ema (the average)
 
 
 def training_state(run: Run, progress: Progress, num_classes: int) -> dict:
@@ -41,6 +43,8 @@ def training_state(run: Run, progress: Progress, num_classes: int) -> dict:
         "seconds": progress.seconds,
         "history": progress.history,
         "best_top1": progress.best_top1,
+        "best_weights": progress.best_weights,
+        "ema": None if run.ema is None else run.ema.model.state_dict(),
         "rng": rng_state(run.model),
         "config": to_dict(run.cfg),
         "num_classes": num_classes,

@@ -16,8 +16,11 @@ import torch
 
 from models import SD_MODES, STAGE_BLOCKS, VARIANTS
 from train.data import PipelineKnobs
+from train.recipes import RAMP_FRACTIONS, RECIPES, recipe_help
+from train.schedule import RESOLUTION_STEP, step_milestones
 
 DEFAULT_WARMUP_EPOCHS = 5.0
+LR_SCHEDULES = ("cosine", "linear", "step")
 
 
 class ConfigError(Exception):
@@ -30,6 +33,10 @@ def opt(default, help: str, **extra):
 
 @dataclass(frozen=True)
 class TrainConfig:
+    recipe: str = opt(
+        "seed", f"named recipe, any flag given overrides its values: {recipe_help()}",
+        choices=list(RECIPES),
+    )  # fmt: skip
     # data and output
     data_dir: str = opt("shards", "shards folder written by `make shards` (not raw ImageNet)")
     out: str = opt("results/imagenet", "output folder: checkpoints, history, summary, TensorBoard")
@@ -56,6 +63,17 @@ class TrainConfig:
         f"{DEFAULT_WARMUP_EPOCHS:g}, or a quarter of a run shorter than "
         f"{4 * DEFAULT_WARMUP_EPOCHS:g} epochs)",
     )
+    lr_schedule: str = opt(
+        "cosine",
+        "after warmup: cosine (to 1e-6 at the last step), linear (to 0 at the last step, "
+        "FFCV's) or step (x0.1 at each of --lr_milestones, torchvision's reference)",
+        choices=LR_SCHEDULES,
+    )
+    lr_milestones: str | None = opt(
+        None,
+        "step schedule: epochs where the LR is multiplied by 0.1, comma-separated (default: "
+        "1/3 and 2/3 of the epochs after warmup)",
+    )
     momentum: float = opt(0.9, "SGD momentum")
     nesterov: bool = opt(False, "Nesterov momentum")
     weight_decay: float = opt(1e-4, "weight decay on conv and linear weights (not BN or bias)")
@@ -70,7 +88,36 @@ class TrainConfig:
     compile: bool = opt(False, "torch.compile the model")
     accum: int = opt(1, "gradient accumulation: micro-batches per optimizer step")
     checkpoint_activations: bool = opt(False, "recompute block activations in backward (memory)")
-    image_size: int = opt(224, "training and validation crop size")
+    image_size: int = opt(224, "training crop size (without --min_res), and the default --val_res")
+    min_res: int | None = opt(
+        None,
+        "progressive resizing: train at this resolution first (FFCV's rule: min_res up to "
+        "--start_ramp, --max_res from --end_ramp, linear between, rounded to a multiple of 32; "
+        "default: off, --image_size throughout)",
+    )
+    max_res: int | None = opt(
+        None, "progressive resizing: the last resolution (default: --image_size)"
+    )
+    start_ramp: int | None = opt(
+        None,
+        f"progressive resizing: the epoch (counted from 0) after which the ramp starts "
+        f"(default: {RAMP_FRACTIONS[0]:.3g} of --epochs, FFCV's 29 of 40)",
+    )
+    end_ramp: int | None = opt(
+        None,
+        f"progressive resizing: the epoch from which --max_res is used (default: "
+        f"{RAMP_FRACTIONS[1]:.3g} of --epochs, FFCV's 34 of 40)",
+    )
+    val_res: int | None = opt(
+        None,
+        "evaluation centre-crop size; the shorter side is resized to val_res / 0.875 first "
+        "(default: --image_size)",
+    )
+    tta: bool = opt(False, "evaluation averages the logits of each image and its mirror image")
+    ema: bool = opt(False, "also keep and evaluate an exponential moving average of the weights")
+    ema_halflife: float = opt(
+        1.0, "--ema: half-life of the average in epochs (independent of batch size and GPUs)"
+    )
     workers: int = opt(8, "DALI CPU threads per rank")
     cache: bool = opt(False, "copy the shards to RAM disk (/dev/shm) first, when they fit")
     # run control
@@ -85,6 +132,9 @@ class TrainConfig:
         0, "stop each epoch after this many steps (0: all; for smoke tests)"
     )
     device: str | None = opt(None, "cuda or cpu (default: cuda when there is one)")
+    dry_run: bool = opt(
+        False, "print the plan (resolutions, LR, training compute) and exit: reads no data"
+    )
     dali: PipelineKnobs = field(default_factory=PipelineKnobs, metadata={"help": "DALI knobs"})
 
 
@@ -103,6 +153,12 @@ class Derived:
     channels_last: bool
     sd_mode: str  # "off", "batch" or "sample"
     warmup_epochs: float  # --warmup_epochs, or the default fitted into the run
+    min_res: int  # train resolution: min_res up to start_ramp, max_res from end_ramp
+    max_res: int  # (both --image_size without progressive resizing)
+    start_ramp: int
+    end_ramp: int
+    val_res: int
+    lr_milestones: tuple[float, ...]  # epochs, for the step schedule
 
 
 def fitted_warmup_epochs(cfg: TrainConfig) -> float:
@@ -128,6 +184,9 @@ def add_flag(p, name: str, default, kind: str, help: str, choices=None) -> None:
     help = help.replace("%", "%%")  # argparse formats help strings with %
     if kind == "bool" and default:
         p.add_argument(f"--no_{name}", dest=name, action="store_false", help=f"turn off: {help}")
+    elif kind == "bool" and any(name in r.values for r in RECIPES.values()):
+        p.add_argument(f"--{name}", action="store_true", help=help)
+        p.add_argument(f"--no_{name}", dest=name, action="store_false", help="turn off")
     elif kind == "bool":
         p.add_argument(f"--{name}", action="store_true", help=help)
     elif kind == "bool | None":  # tri-state: None lets the device decide
@@ -136,7 +195,8 @@ def add_flag(p, name: str, default, kind: str, help: str, choices=None) -> None:
             f"--no_{name}", dest=name, action="store_const", const=False, help="turn off"
         )
     else:
-        types = {"int": int, "float": float, "str": str, "float | None": float, "str | None": str}
+        types = {"int": int, "float": float, "str": str}
+        types |= {f"{k} | None": v for k, v in types.items()}
         p.add_argument(f"--{name}", type=types[kind], default=default, choices=choices, help=help)
 
 
@@ -159,7 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    args = vars(build_parser().parse_args(argv))
+    """The flags, on top of the chosen recipe's values, on top of the defaults."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--recipe", choices=list(RECIPES), default="seed")
+    recipe, _ = first.parse_known_args(argv)
+    parser = build_parser()
+    parser.set_defaults(**RECIPES[recipe.recipe].values)
+    args = vars(parser.parse_args(argv))
     knob_names = {f.name for f in fields(PipelineKnobs)}
     knobs = {k: args.pop(k) for k in list(args) if k in knob_names}
     knobs["num_threads"] = args["workers"]  # recorded in config.json as what it is
@@ -197,8 +263,12 @@ def check(cfg: TrainConfig, world_size: int, other_problems: list[str] | None = 
         problems.append("--nesterov needs --momentum > 0")
     if cfg.eval_every < 1 or cfg.log_every < 1 or cfg.workers < 1:
         problems.append("--eval_every, --log_every and --workers must be positive")
-    if cfg.image_size < 32 or cfg.image_size % 32:
-        problems.append(f"--image_size {cfg.image_size} must be a multiple of 32, at least 32")
+    problems += resolution_problems(cfg)
+    problems += schedule_problems(cfg)
+    if cfg.ema_halflife <= 0:
+        problems.append(
+            f"--ema_halflife {cfg.ema_halflife} must be > 0 epochs (a decay in (0, 1) per step)"
+        )
     if cfg.max_steps_per_epoch < 0:
         problems.append("--max_steps_per_epoch must be >= 0")
     if cfg.device not in (None, "cpu") and not str(cfg.device).startswith("cuda"):
@@ -210,6 +280,68 @@ def check(cfg: TrainConfig, world_size: int, other_problems: list[str] | None = 
     problems += other_problems or []
     if problems:
         raise ConfigError("\n  ".join(["cannot start:", *problems]))
+
+
+def resolution_problems(cfg: TrainConfig) -> list[str]:
+    problems = []
+    for flag in ("image_size", "min_res", "max_res"):
+        value = getattr(cfg, flag)
+        if value is not None and (value < RESOLUTION_STEP or value % RESOLUTION_STEP):
+            problems.append(
+                f"--{flag} {value} must be a multiple of {RESOLUTION_STEP}, at least "
+                f"{RESOLUTION_STEP}"
+            )
+    if cfg.val_res is not None and cfg.val_res < 32:
+        problems.append(f"--val_res {cfg.val_res} must be at least 32 (any size from 32 on)")
+    if cfg.min_res is None:
+        given = [f for f in ("max_res", "start_ramp", "end_ramp") if getattr(cfg, f) is not None]
+        if given:
+            problems.append(
+                f"--{', --'.join(given)} belong to progressive resizing, which --min_res turns on"
+            )
+        return problems
+    max_res = cfg.max_res if cfg.max_res is not None else cfg.image_size
+    if cfg.min_res > max_res:
+        problems.append(f"--min_res {cfg.min_res} is above --max_res {max_res}: swap them")
+    start, end = ramp_epochs(cfg)
+    if not 0 <= start <= end <= cfg.epochs:
+        problems.append(
+            f"--start_ramp {start} and --end_ramp {end} must satisfy 0 <= start_ramp <= "
+            f"end_ramp <= --epochs {cfg.epochs}"
+        )
+    return problems
+
+
+def schedule_problems(cfg: TrainConfig) -> list[str]:
+    if cfg.lr_milestones is None:
+        return []
+    if cfg.lr_schedule != "step":
+        return [f"--lr_milestones is for --lr_schedule step, not {cfg.lr_schedule}"]
+    try:
+        milestones = parse_milestones(cfg.lr_milestones)
+    except ValueError:
+        return [
+            f"--lr_milestones {cfg.lr_milestones!r}: give epochs separated by commas, e.g. 30,60"
+        ]
+    if list(milestones) != sorted(set(milestones)) or not all(
+        0 < m < cfg.epochs for m in milestones
+    ):
+        return [
+            f"--lr_milestones {cfg.lr_milestones}: epochs must increase and lie between 0 and "
+            f"--epochs {cfg.epochs}"
+        ]
+    return []
+
+
+def parse_milestones(text: str) -> tuple[float, ...]:
+    return tuple(float(m) for m in text.split(",") if m.strip())
+
+
+def ramp_epochs(cfg: TrainConfig) -> tuple[int, int]:
+    """(start_ramp, end_ramp) as given, else at FFCV's fractions of the run."""
+    start = cfg.start_ramp if cfg.start_ramp is not None else round(RAMP_FRACTIONS[0] * cfg.epochs)
+    end = cfg.end_ramp if cfg.end_ramp is not None else round(RAMP_FRACTIONS[1] * cfg.epochs)
+    return start, end
 
 
 def derive(cfg: TrainConfig, rank: int, world_size: int, local_rank: int) -> Derived:
@@ -226,6 +358,15 @@ def derive(cfg: TrainConfig, rank: int, world_size: int, local_rank: int) -> Der
     amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bf16" else torch.float16
     if amp and amp_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         amp_dtype = torch.float16  # pre-Ampere GPUs: fp16 with a GradScaler
+    warmup = fitted_warmup_epochs(cfg)
+    start, end = ramp_epochs(cfg) if cfg.min_res else (0, 0)
+    milestones = ()
+    if cfg.lr_schedule == "step":
+        milestones = (
+            parse_milestones(cfg.lr_milestones)
+            if cfg.lr_milestones
+            else step_milestones(cfg.epochs, warmup)
+        )
     return Derived(
         rank=rank,
         world_size=world_size,
@@ -237,7 +378,13 @@ def derive(cfg: TrainConfig, rank: int, world_size: int, local_rank: int) -> Der
         amp_dtype=amp_dtype,
         channels_last=on_gpu if cfg.channels_last is None else cfg.channels_last,
         sd_mode=cfg.sd_mode if cfg.sd else "off",
-        warmup_epochs=fitted_warmup_epochs(cfg),
+        warmup_epochs=warmup,
+        min_res=cfg.min_res or cfg.image_size,
+        max_res=(cfg.max_res or cfg.image_size) if cfg.min_res else cfg.image_size,
+        start_ramp=start,
+        end_ramp=end,
+        val_res=cfg.val_res or cfg.image_size,
+        lr_milestones=milestones,
     )
 
 

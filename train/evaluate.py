@@ -36,7 +36,7 @@ from train.loop import evaluate
 # Prefixes that wrappers leave on parameter names: DDP's module, torch.compile's _orig_mod.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # What an evaluation takes from a checkpoint's training config unless a flag says otherwise.
-FROM_TRAINING = ("image_size", "amp_dtype", "no_mixed_precision")
+FROM_TRAINING = ("val_res", "tta", "amp_dtype", "no_mixed_precision")
 
 
 class EvaluateError(Exception):
@@ -88,7 +88,7 @@ def depth_hint(state: dict) -> str:
     return ""
 
 
-def read_weights(path: Path, depth: int | None, variant: str | None) -> Weights:
+def read_weights(path: Path, depth: int | None, variant: str | None, ema: bool) -> Weights:
     if not path.is_file():
         raise EvaluateError(f"--weights {path}: no such file")
     try:
@@ -99,27 +99,49 @@ def read_weights(path: Path, depth: int | None, variant: str | None) -> Weights:
             f"--weights {path}: not a checkpoint or state_dict that loads safely ({first})"
         ) from None
     if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict) and "model" in loaded:
-        config = loaded["config"]
-        clash = [
-            f"--{name} {given} (it holds {config[name]})"
-            for name, given in (("depth", depth), ("variant", variant))
-            if given is not None and given != config[name]
-        ]
-        if clash:
-            raise EvaluateError(
-                f"--weights {path} is one of our checkpoints of another model: "
-                f"{', '.join(clash)}; drop those flags"
-            )
-        epoch, batches = loaded.get("epoch", 0), loaded.get("batches_done", 0)
-        when = f"in epoch {epoch + 1}, batch {batches}" if batches else f"after epoch {epoch}"
-        return Weights(
-            unwrap(loaded["model"]),
-            config["depth"],
-            config["variant"],
-            loaded["num_classes"],
-            f"checkpoint {when}",
-            config,
+        return checkpoint_weights(loaded, path, depth, variant, ema)
+    if ema:
+        raise EvaluateError(
+            f"--ema: {path} is a bare state_dict; averaged weights come in this project's "
+            "checkpoints of runs trained with --ema"
         )
+    return state_dict_weights(loaded, path, depth, variant)
+
+
+def checkpoint_weights(
+    loaded: dict, path: Path, depth: int | None, variant: str | None, ema: bool
+) -> Weights:
+    """The live weights of one of our checkpoints, or with `ema` their average."""
+    config = loaded["config"]
+    clash = [
+        f"--{name} {given} (it holds {config[name]})"
+        for name, given in (("depth", depth), ("variant", variant))
+        if given is not None and given != config[name]
+    ]
+    if clash:
+        raise EvaluateError(
+            f"--weights {path} is one of our checkpoints of another model: "
+            f"{', '.join(clash)}; drop those flags"
+        )
+    if ema and loaded.get("ema") is None:
+        raise EvaluateError(
+            f"--ema: {path} holds no averaged weights (its run was trained without --ema); "
+            "drop --ema to evaluate its weights"
+        )
+    epoch, batches = loaded.get("epoch", 0), loaded.get("batches_done", 0)
+    when = f"in epoch {epoch + 1}, batch {batches}" if batches else f"after epoch {epoch}"
+    return Weights(
+        unwrap(loaded["ema" if ema else "model"]),
+        config["depth"],
+        config["variant"],
+        loaded["num_classes"],
+        f"checkpoint {when}{', EMA weights' if ema else ''}",
+        config,
+    )
+
+
+def state_dict_weights(loaded, path: Path, depth: int | None, variant: str | None) -> Weights:
+    """A bare state_dict (torchvision's .pth, or our model saved alone), fitted to a variant."""
     for wrapper in ("model", "state_dict"):  # e.g. the torchvision reference's checkpoints
         if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
             loaded = loaded[wrapper]
@@ -210,10 +232,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", help="cuda or cpu (default: cuda when there is one)")
     p.add_argument("--workers", type=int, default=8, help="DALI CPU threads per process")
     p.add_argument(
+        "--val_res",
         "--image_size",
         type=int,
-        help="centre-crop size; the shorter side is resized to size / 0.875 first "
-        "(default: the checkpoint's training size, else 224)",
+        help="centre-crop size; the shorter side is resized to size / 0.875 first (default: "
+        "the checkpoint's --val_res, else its training --image_size, else 224)",
+    )
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="average the logits of each image and its mirror image (default: as the "
+        "checkpoint's run evaluated, else off)",
+    )
+    p.add_argument(
+        "--ema",
+        action="store_true",
+        help="evaluate the checkpoint's averaged weights (a run trained with --ema) instead of "
+        "its live ones",
     )
     p.add_argument(
         "--amp_dtype",
@@ -238,7 +273,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -> dict:
     manifest = load_manifest(args.data_dir)
     images = val_split(manifest, args.data_dir)
-    weights = read_weights(Path(args.weights), args.depth, args.variant)
+    weights = read_weights(Path(args.weights), args.depth, args.variant, args.ema)
     if weights.num_classes != manifest["num_classes"]:
         raise EvaluateError(
             f"--weights {args.weights} classifies {weights.num_classes} classes, but the shards "
@@ -254,14 +289,14 @@ def run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -
     model.to(d.device)
     if d.channels_last:
         model.to(memory_format=torch.channels_last)
-    loader = make_loader(args.data_dir, "val", **loader_kwargs(cfg, d))
+    loader = make_loader(args.data_dir, "val", **loader_kwargs(cfg, d, d.val_res))
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def keep(logits: torch.Tensor, labels: torch.Tensor) -> None:
         parts.append((logits.cpu(), labels.cpu()))
 
     start = time.perf_counter()
-    result = evaluate(model, loader, d, record=keep if args.logits else None)
+    result = evaluate(model, loader, d, record=keep if args.logits else None, tta=cfg.tta)
     seconds = time.perf_counter() - start
     if result["val_samples"] != images:
         raise RuntimeError(
@@ -308,7 +343,8 @@ def result_record(
         "variant": weights.variant,
         "num_classes": weights.num_classes,
         "data_dir": str(args.data_dir),
-        "image_size": cfg.image_size,
+        "image_size": d.val_res,
+        "tta": cfg.tta,
         "val_transform": "plain resize" if cfg.dali.val_plain_resize else "resize + centre crop",
         "precision": precision,
         "world_size": d.world_size,
@@ -322,7 +358,8 @@ def result_record(
 def report(r: dict) -> str:
     return (
         f"ResNet-{r['depth']} ({r['variant']}, {r['weights_kind']}) on the {r['images']:,} val "
-        f"images of {r['data_dir']} at {r['image_size']}px: top-1 {100 * r['top1']:.2f}%, "
+        f"images of {r['data_dir']} at {r['image_size']}px"
+        f"{' with flip TTA' if r['tta'] else ''}: top-1 {100 * r['top1']:.2f}%, "
         f"top-5 {100 * r['top5']:.2f}%, loss {r['loss']:.4f}; {r['seconds']:.1f} s, "
         f"{r['images_per_second']:,.0f} images/s ({r['world_size']} x "
         f"{r['device'].split(':')[0]}, {r['precision']})"

@@ -9,16 +9,17 @@ import torch
 
 from train.config import Derived, TrainConfig
 from train.data import DaliLoader, make_loader
-from train.schedule import StepPlan
+from train.schedule import StepPlan, train_resolution
 
 
-def loader_kwargs(cfg: TrainConfig, d: Derived) -> dict:
-    """make_loader's arguments for this rank, from the config (--workers: the DALI threads)."""
+def loader_kwargs(cfg: TrainConfig, d: Derived, image_size: int) -> dict:
+    """make_loader's arguments for this rank at this crop size, from the config (--workers:
+    the DALI threads)."""
     knobs = {k: getattr(cfg.dali, k) for k in cfg.dali.__dataclass_fields__}
     knobs["num_threads"] = cfg.workers  # --workers is the DALI thread count
     return {
         "batch_size": d.micro_batch,
-        "image_size": cfg.image_size,
+        "image_size": image_size,
         "rank": d.rank,
         "world_size": d.world_size,
         "device": d.device,
@@ -43,13 +44,12 @@ def synthetic_batches(d: Derived, n: int, image_size: int, num_classes: int, see
 def train_batches(
     cfg: TrainConfig, d: Derived, data_dir: str, epoch: int, plan: StepPlan, num_classes: int
 ) -> Iterable:
-    """This rank's batches of one epoch: a pure function of (--seed, epoch), so that a resumed
-    run sees what an uninterrupted one would have."""
+    """This rank's batches of one epoch at its train resolution: a pure function of (--seed,
+    epoch), so that a resumed run sees what an uninterrupted one would have."""
+    size = train_resolution(d, epoch)
     if cfg.synthetic:
-        return synthetic_batches(
-            d, plan.batches_per_epoch, cfg.image_size, num_classes, cfg.seed + epoch
-        )
-    batches = make_loader(data_dir, "train", epoch=epoch, **loader_kwargs(cfg, d))
+        return synthetic_batches(d, plan.batches_per_epoch, size, num_classes, cfg.seed + epoch)
+    batches = make_loader(data_dir, "train", epoch=epoch, **loader_kwargs(cfg, d, size))
     if len(batches) != plan.loader_batches:  # the step count every rank relies on
         raise RuntimeError(
             f"DALI yields {len(batches)} batches per epoch, the trainer planned "
@@ -63,4 +63,4 @@ def val_batches(cfg: TrainConfig, d: Derived, data_dir: str) -> DaliLoader | Non
     --synthetic)."""
     if cfg.synthetic:
         return None
-    return make_loader(data_dir, "val", **loader_kwargs(cfg, d))
+    return make_loader(data_dir, "val", **loader_kwargs(cfg, d, d.val_res))

@@ -20,11 +20,15 @@ from train.config import Derived, TrainConfig, to_dict
 HISTORY_FIELDS = [
     "epoch",
     "lr",
+    "train_res",
     "train_loss",
     "train_top1",
     "val_loss",
     "val_top1",
     "val_top5",
+    "val_loss_ema",
+    "val_top1_ema",
+    "val_top5_ema",
     "epoch_seconds",
     "images_per_second",
 ]
@@ -57,17 +61,30 @@ def write_history(out: Path, history: list[dict]) -> None:
     write_atomic(out / "training_history.csv", csv_text(history, HISTORY_FIELDS))
 
 
+def best_top1_of(row: dict) -> tuple[float | None, str]:
+    """(the better val top-1 of an epoch's live and averaged weights, which: live or ema)."""
+    live, ema = row.get("val_top1"), row.get("val_top1_ema")
+    if ema is not None and (live is None or ema > live):
+        return ema, "ema"
+    return live, "live"
+
+
 def summarize(history: list[dict], *, parameters: int, total_seconds: float, config: dict) -> dict:
+    """best_*: the epoch whose live or averaged (--ema) weights scored best, and which."""
     evaluated = [r for r in history if r.get("val_top1") is not None]
-    best = max(evaluated, key=lambda r: r["val_top1"], default=None)
+    best = max(evaluated, key=lambda r: best_top1_of(r)[0], default=None)
     final = evaluated[-1] if evaluated else None
+    best_weights = best_top1_of(best)[1] if best else None
+    suffix = "_ema" if best_weights == "ema" else ""
     return {
         "epochs_completed": len(history),
-        "best_top1": best and best["val_top1"],
-        "best_top5": best and best["val_top5"],
+        "best_top1": best and best[f"val_top1{suffix}"],
+        "best_top5": best and best[f"val_top5{suffix}"],
         "best_epoch": best and best["epoch"],
+        "best_weights": best_weights,
         "final_top1": final and final["val_top1"],
         "final_top5": final and final["val_top5"],
+        "final_top1_ema": final and final.get("val_top1_ema"),
         "final_train_loss": history[-1]["train_loss"] if history else None,
         "total_seconds": round(total_seconds, 1),
         "mean_images_per_second": round(
@@ -131,6 +148,8 @@ def epoch_line(row: dict, epochs: int) -> str:
         if "val_top1" in row
         else "no val"
     )
+    if "val_top1_ema" in row:
+        val += f" (EMA top-1 {fmt(row['val_top1_ema'])} top-5 {fmt(row['val_top5_ema'])})"
     return (
         f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} top-1 "
         f"{fmt(row['train_top1'])} | {val} | lr {row['lr']:.5f} | {row['epoch_seconds']:.1f} s, "
@@ -139,8 +158,9 @@ def epoch_line(row: dict, epochs: int) -> str:
 
 
 def done_line(summary: dict, out: Path) -> str:
+    which = " (EMA weights)" if summary["best_weights"] == "ema" else ""
     return (
-        f"done: best top-1 {fmt(summary['best_top1'])} at epoch {summary['best_epoch']}, "
+        f"done: best top-1 {fmt(summary['best_top1'])}{which} at epoch {summary['best_epoch']}, "
         f"final top-1 {fmt(summary['final_top1'])}, top-5 {fmt(summary['final_top5'])}; "
         f"outputs in {out}"
     )

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from train.config import Derived, TrainConfig
+from train.ema import WeightAverage, update_average
 from train.logs import Board
 from train.schedule import StepPlan, lr_at
 
@@ -54,6 +55,7 @@ class Run:
     scaler: torch.amp.GradScaler
     board: Board
     plan: StepPlan
+    ema: WeightAverage | None = None  # --ema: updated after every optimizer step
     stop_requested: list = field(default_factory=lambda: [False])  # [False] or [signal name]
 
 
@@ -100,13 +102,20 @@ def train_step(run: Run, images, labels, boundary: bool):
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.optimizer.zero_grad(set_to_none=True)
+        if run.ema is not None:
+            update_average(run.ema)
     return loss, logits
 
 
 def lr_of_step(run: Run, step: int) -> float:
     plan = run.plan
     return lr_at(
-        step, base_lr=run.d.lr, warmup_steps=plan.warmup_steps, total_steps=plan.total_steps
+        step,
+        base_lr=run.d.lr,
+        warmup_steps=plan.warmup_steps,
+        total_steps=plan.total_steps,
+        schedule=plan.schedule,
+        milestones=plan.milestones,
     )
 
 
@@ -207,17 +216,20 @@ def evaluate(
     batches: Iterable,
     d: Derived,
     record: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    tta: bool = False,
 ) -> dict:
-    """Loss, top-1 and top-5 over every val sample, summed exactly over all ranks. `record`,
-    if given, is called with each batch's float32 logits (B, classes) and labels (B,)."""
+    """Loss, top-1 and top-5 over every val sample, summed exactly over all ranks. With `tta`
+    the logits are the mean of the image's and its mirror image's. `record`, if given, is
+    called with each batch's float32 logits (B, classes) and labels (B,)."""
     model.eval()
     sums = torch.zeros(4, device=d.device)  # loss sum, top-1 hits, top-5 hits, samples
     for images, labels in batches:
         if labels.numel() == 0:  # a rank's last batch may be empty
             continue
         with torch.autocast(d.device.type, dtype=d.amp_dtype, enabled=d.amp):
-            logits = model(images)
-        logits = logits.float()
+            logits = model(images).float()
+            if tta:  # (B, 3, H, W): W is the last dimension
+                logits = (logits + model(images.flip(3)).float()) / 2
         if record is not None:
             record(logits, labels)
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)

@@ -32,6 +32,7 @@ from train.config import (
     to_dict,
 )
 from train.data import ShardsError, dataset_facts
+from train.ema import build_average, step_decay
 from train.environment import (
     ReplicaError,
     check_replicas,
@@ -42,6 +43,7 @@ from train.environment import (
 from train.inputs import train_batches, val_batches
 from train.logs import (
     Board,
+    best_top1_of,
     done_line,
     epoch_line,
     run_line,
@@ -53,9 +55,10 @@ from train.logs import (
 )
 from train.loop import Interrupted, NonFiniteLoss, Run, evaluate, train_one_epoch
 from train.model import build_training
+from train.plan import print_plan
 from train.ram_cache import cache_shards
-from train.resume import ResumeError, checkpoint_to_resume, restore
-from train.schedule import plan_steps
+from train.resume import ResumeError, checkpoint_to_resume, restore, restore_average
+from train.schedule import plan_steps, train_resolution
 from train.signals import exit_code, install_stop_handlers
 
 
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     rank, world_size, local_rank = dist_env()
     cached = None
     try:
+        if cfg.dry_run:
+            return print_plan(cfg, world_size)
         facts = checked_facts(cfg, world_size)
         d = derive(cfg, rank, world_size, local_rank)
         start_process_group(d)
@@ -106,6 +111,10 @@ def train(cfg: TrainConfig, d: Derived, facts: dict, data_dir: str) -> int:
     model, train_model, optimizer, scaler = build_training(cfg, d, num_classes)
     progress = restore(ckpt, model, optimizer, scaler) if ckpt else Progress()
     plan = plan_steps(cfg, d, facts["train"])
+    ema = None
+    if cfg.ema:  # from the resumed weights; then the checkpoint's average, if it holds one
+        ema = build_average(model, step_decay(cfg.ema_halflife, plan.steps_per_epoch))
+        restore_average(ckpt, ema, d)
     # TensorBoard drops what a killed run wrote after the step it resumes from
     resumed_step = progress.epoch * plan.steps_per_epoch + progress.batches_done // cfg.accum
     board = Board(out, d.rank == 0, resumed_step if ckpt else None)
@@ -118,13 +127,16 @@ def train(cfg: TrainConfig, d: Derived, facts: dict, data_dir: str) -> int:
         scaler=scaler,
         board=board,
         plan=plan,
+        ema=ema,
     )
     install_stop_handlers(run)
     announce(run, out, num_classes, data_dir)
     val = val_batches(cfg, d, data_dir)
     started = time.time() - sum(r["epoch_seconds"] for r in progress.history)
     with contextlib.closing(run.board):  # flushes TensorBoard whatever happens
-        for epoch in range(progress.epoch, cfg.epochs):
+        first_epoch = progress.epoch
+        for epoch in range(first_epoch, cfg.epochs):
+            say_resolution(run, epoch, first=epoch == first_epoch)
             batches = train_batches(cfg, d, data_dir, epoch, plan, num_classes)
             try:
                 row = train_one_epoch(
@@ -140,8 +152,9 @@ def train(cfg: TrainConfig, d: Derived, facts: dict, data_dir: str) -> int:
             del batches
             progress = replace(progress, epoch=epoch + 1, batches_done=0, totals=None, seconds=0.0)
             if val is not None and evaluation_due(cfg, epoch):
-                row.update(evaluate(model, val, d))
-            end_epoch(run, out, {"epoch": epoch + 1, **row}, progress, num_classes, started)
+                row.update(evaluate_both(run, val))
+            row = {"epoch": epoch + 1, "train_res": train_resolution(d, epoch), **row}
+            end_epoch(run, out, row, progress, num_classes, started)
         if d.rank == 0:
             finish(run, out, progress, started)
     return 0
@@ -180,6 +193,23 @@ def evaluation_due(cfg: TrainConfig, epoch: int) -> bool:
     return (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
 
 
+def evaluate_both(run: Run, val) -> dict:
+    """The live weights' val figures, and the averaged weights' beside them (`_ema`)."""
+    figures = evaluate(run.model, val, run.d, tta=run.cfg.tta)
+    if run.ema is not None:
+        averaged = evaluate(run.ema.model, val, run.d, tta=run.cfg.tta)
+        figures |= {f"{k}_ema": v for k, v in averaged.items() if k != "val_samples"}
+    return figures
+
+
+def say_resolution(run: Run, epoch: int, first: bool) -> None:
+    """Progressive resizing: the train resolution at the start and whenever it changes."""
+    d = run.d
+    size = train_resolution(d, epoch)
+    if d.min_res != d.max_res and (first or size != train_resolution(d, epoch - 1)):
+        say(d, f"train resolution {size} px from epoch {epoch + 1} (evaluation at {d.val_res} px)")
+
+
 def end_epoch(
     run: Run, out: Path, row: dict, progress: Progress, num_classes: int, started: float
 ) -> None:
@@ -189,8 +219,12 @@ def end_epoch(
     if d.world_size > 1:
         row["replicas_identical"] = check_replicas(run.model, d, epoch)
     progress.history.append(row)
-    improved = row.get("val_top1") is not None and row["val_top1"] > progress.best_top1
-    progress.best_top1 = max(progress.best_top1, row.get("val_top1") or -1.0)
+    top1, weights = best_top1_of(row)
+    if top1 is not None and top1 > progress.best_top1:
+        progress.best_top1, progress.best_weights = top1, weights
+        improved = True
+    else:
+        improved = False
     if d.rank == 0:
         save_training(out, run, progress, num_classes, best=improved)
         write_history(out, progress.history)

@@ -8,6 +8,7 @@ from pathlib import Path
 from train import checkpoint
 from train.checkpoint import Progress
 from train.config import Derived, TrainConfig
+from train.ema import WeightAverage
 from train.logs import say
 from train.optimizer import add_momentum_buffers
 
@@ -77,4 +78,16 @@ def restore(ckpt: dict, model, optimizer, scaler) -> Progress:
         seconds=ckpt["seconds"],
         history=ckpt["history"],
         best_top1=ckpt["best_top1"],
+        best_weights=ckpt.get("best_weights", "live"),  # older checkpoints: live weights only
     )
+
+
+def restore_average(ckpt: dict | None, average: WeightAverage, d: Derived) -> None:
+    """--ema on resume: the checkpoint's average, or (a checkpoint of a run without --ema)
+    the average starts from the resumed weights, as a new run's starts from the initial ones."""
+    if ckpt is None:
+        return
+    if ckpt.get("ema") is None:
+        say(d, "--ema: the checkpoint holds no average of the weights; it starts from its weights")
+        return
+    average.model.load_state_dict(ckpt["ema"])

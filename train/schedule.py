@@ -1,5 +1,7 @@
-"""The run's step plan (batches and optimizer steps per epoch, warmup and total steps) and the
-learning-rate schedule, set every optimizer step."""
+"""The run's plan over time: batches and optimizer steps per epoch, the learning rate of
+every step (cosine, linear or step, after a linear warmup) and the train resolution of every
+epoch (progressive resizing). Each is a pure function of the config and the step or epoch, so
+a resumed run continues on the same schedule."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from train.config import Derived, TrainConfig
 
-FINAL_LR = 1e-6
+FINAL_LR = 1e-6  # where cosine ends
+STEP_GAMMA = 0.1  # the step schedule's factor at each milestone
 MIN_LAST_BATCH = 2
+RESOLUTION_STEP = 32  # progressive resizing rounds to multiples of this (FFCV's rule)
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,8 @@ class StepPlan:
     steps_per_epoch: int  # optimizer steps
     warmup_steps: int
     total_steps: int
+    schedule: str = "cosine"  # cosine, linear or step
+    milestones: tuple[int, ...] = ()  # steps where the step schedule multiplies by STEP_GAMMA
 
 
 def batches_per_epoch(num_samples: int, world_size: int, micro_batch: int) -> tuple[int, bool]:
@@ -53,14 +59,52 @@ def plan_steps(cfg: TrainConfig, d: Derived, train_samples: int) -> StepPlan:
         steps_per_epoch=steps_per_epoch,
         warmup_steps=round(d.warmup_epochs * steps_per_epoch),
         total_steps=cfg.epochs * steps_per_epoch,
+        schedule=cfg.lr_schedule,
+        milestones=tuple(round(m * steps_per_epoch) for m in d.lr_milestones),
     )
 
 
-def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int) -> float:
-    """Linear warmup from 0 to base_lr over warmup_steps, then cosine decay to FINAL_LR at the
-    last step (total_steps - 1)."""
+def lr_at(
+    step: int,
+    *,
+    base_lr: float,
+    warmup_steps: int,
+    total_steps: int,
+    schedule: str = "cosine",
+    milestones: tuple[int, ...] = (),
+) -> float:
+    """Linear warmup from 0 to base_lr over warmup_steps, then
+    cosine: decay to FINAL_LR at the last step (total_steps - 1), as a half cosine;
+    linear: decay to 0 at the last step, in a straight line (FFCV's);
+    step: base_lr x STEP_GAMMA ** (milestones passed) (torchvision's reference)."""
     if step < warmup_steps:
         return base_lr * step / warmup_steps
+    if schedule == "step":
+        return base_lr * STEP_GAMMA ** sum(step >= m for m in milestones)
     decay_steps = total_steps - 1 - warmup_steps
     progress = 1.0 if decay_steps <= 0 else min(1.0, (step - warmup_steps) / decay_steps)
+    if schedule == "linear":
+        return base_lr * (1.0 - progress)
     return FINAL_LR + (base_lr - FINAL_LR) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train_resolution(d: Derived, epoch: int) -> int:
+    """The train crop size of `epoch` (counted from 0)."""
+    return resolution_at(epoch, d.min_res, d.max_res, d.start_ramp, d.end_ramp)
+
+
+def step_milestones(epochs: int, warmup_epochs: float) -> tuple[float, float]:
+    """The step schedule's default milestones (epochs): 1/3 and 2/3 of the run after warmup."""
+    after = epochs - warmup_epochs
+    return warmup_epochs + after / 3, warmup_epochs + 2 * after / 3
+
+
+def resolution_at(epoch: int, min_res: int, max_res: int, start_ramp: int, end_ramp: int) -> int:
+    """FFCV's progressive resizing (`get_resolution`), epochs counted from 0: min_res up to
+    start_ramp, max_res from end_ramp, linear between, rounded to a multiple of 32."""
+    if epoch <= start_ramp:
+        return min_res
+    if epoch >= end_ramp:
+        return max_res
+    interpolated = min_res + (max_res - min_res) * (epoch - start_ramp) / (end_ramp - start_ramp)
+    return round(interpolated / RESOLUTION_STEP) * RESOLUTION_STEP  # half to even, as np.round

@@ -1,0 +1,112 @@
+"""--dry_run: the plan of a run before it starts, without reading data or touching a GPU:
+epochs and steps, the train resolution and the learning rate over the run, and the training
+compute from FLOP counts (forward + backward per image at each resolution, counted by torch
+on shapes alone, less the share that batch-mode stochastic depth skips), also relative to the
+seed recipe at the same depth."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import cache
+from pathlib import Path
+
+from models import survival_probs
+from models.flops import skipped_share, training_flops
+from train.config import TrainConfig, check, derive, fitted_warmup_epochs
+from train.data import IMAGENET_TRAIN_IMAGES
+from train.schedule import lr_at, plan_steps, train_resolution
+
+
+@cache
+def flops_per_image(depth: int, variant: str, size: int, classes: int, sd: str, pL: float):
+    """Training FLOPs per image at one resolution, the expected skipped share subtracted."""
+    total, branches = training_flops(depth, variant, size, classes)
+    if sd != "batch":  # per-sample drop path computes every branch
+        return total
+    return total * (1 - skipped_share(survival_probs(len(branches), pL), total, branches))
+
+
+def data_counts(cfg: TrainConfig) -> tuple[int, int, str]:
+    """(train images, classes, where they come from): the manifest's, else ImageNet's."""
+    manifest = Path(cfg.data_dir) / "manifest.json"
+    if manifest.is_file():
+        facts = json.loads(manifest.read_text())
+        return facts["splits"]["train"]["num_samples"], facts["num_classes"], str(manifest)
+    return IMAGENET_TRAIN_IMAGES, 1000, "ImageNet's count (no manifest.json in --data_dir)"
+
+
+def run_plan(cfg: TrainConfig, world_size: int, images: int, classes: int) -> dict:
+    """Steps, resolution per epoch, LR at milestones and training FLOPs of a run."""
+    d = derive(dataclasses.replace(cfg, device="cpu"), 0, world_size, 0)
+    plan = plan_steps(cfg, d, images)
+    trained = min(images, plan.steps_per_epoch * cfg.batch)  # images per epoch
+    resolutions = [train_resolution(d, e) for e in range(cfg.epochs)]
+    per_image = [
+        flops_per_image(cfg.depth, cfg.variant, r, classes, d.sd_mode, cfg.pL) for r in resolutions
+    ]
+    milestones = sorted({0, plan.warmup_steps, plan.total_steps // 2, plan.total_steps - 1})
+    return {
+        "steps_per_epoch": plan.steps_per_epoch,
+        "total_steps": plan.total_steps,
+        "images_per_epoch": trained,
+        "resolutions": resolutions,
+        "lr": {
+            step: lr_at(
+                step,
+                base_lr=d.lr,
+                warmup_steps=plan.warmup_steps,
+                total_steps=plan.total_steps,
+                schedule=plan.schedule,
+                milestones=plan.milestones,
+            )
+            for step in milestones
+            if 0 <= step < plan.total_steps
+        },
+        "training_flops": sum(trained * f for f in per_image),
+        "val_res": d.val_res,
+    }
+
+
+def seed_reference(cfg: TrainConfig) -> TrainConfig:
+    """The seed recipe at the same depth and variant, without stochastic depth."""
+    return TrainConfig(depth=cfg.depth, variant=cfg.variant, data_dir=cfg.data_dir)
+
+
+def resolution_ranges(resolutions: list[int]) -> str:
+    """'160 px in epochs 1-32, 192 px in epochs 33-40'."""
+    parts, start = [], 0
+    for e in range(1, len(resolutions) + 1):
+        if e == len(resolutions) or resolutions[e] != resolutions[start]:
+            parts.append(f"{resolutions[start]} px in epochs {start + 1}-{e}")
+            start = e
+    return ", ".join(parts)
+
+
+def print_plan(cfg: TrainConfig, world_size: int) -> int:
+    """Check the flags, print the plan; the exit code."""
+    check(cfg, world_size)
+    images, classes, source = data_counts(cfg)
+    plan = run_plan(cfg, world_size, images, classes)
+    reference = run_plan(seed_reference(cfg), world_size, images, classes)
+    sd = f"stochastic depth {cfg.sd_mode} (pL {cfg.pL})" if cfg.sd else "no stochastic depth"
+    lrs = ", ".join(
+        f"{lr:.4g} at step {step:,} (epoch {step / plan['steps_per_epoch']:.1f})"
+        for step, lr in plan["lr"].items()
+    )
+    ratio = plan["training_flops"] / reference["training_flops"]
+    print(
+        f"plan: ResNet-{cfg.depth} ({cfg.variant}), recipe {cfg.recipe}, {sd}\n"
+        f"  {cfg.epochs} epochs of {images:,} images ({source}), batch {cfg.batch} over "
+        f"{world_size} process(es): {plan['steps_per_epoch']:,} steps per epoch, "
+        f"{plan['total_steps']:,} in all\n"
+        f"  train resolution: {resolution_ranges(plan['resolutions'])}\n"
+        f"  evaluation: centre crop {plan['val_res']} px{', flip TTA' if cfg.tta else ''}"
+        f"{', EMA weights beside the live ones' if cfg.ema else ''}\n"
+        f"  learning rate ({cfg.lr_schedule}, warmup {fitted_warmup_epochs(cfg):g} epochs): "
+        f"{lrs}\n"
+        f"  training compute: {plan['training_flops']:.3e} FLOPs (forward + backward, counted "
+        f"by torch), {ratio:.2f}x the seed recipe's at this depth ({cfg.depth}: 120 epochs at "
+        f"224 px, no stochastic depth: {reference['training_flops']:.3e})"
+    )
+    return 0
