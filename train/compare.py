@@ -1,33 +1,46 @@
-"""python -m train.compare: train the baseline (--sd 0) and stochastic depth (--sd 1) with
-everything else equal, then report both side by side.
+"""python -m train.compare: train several arms with everything else equal (by default the
+baseline, --sd 0, and stochastic depth, --sd 1), over one or more seeds, evaluate every run on
+the same val images, and report whether the differences are real.
 
-Runs live in OUT/baseline and OUT/sd and resume like the trainer: rerunning continues what is
-unfinished and skips what is done. Both runs' TensorBoard logs sit under OUT, so
-`tensorboard --logdir OUT` shows them together. Any other flag goes to both trainers.
+Runs live in OUT/ARM (one seed) or OUT/ARM/seedS (--seeds N) and resume like the trainer:
+rerunning continues what is unfinished and skips what is done, evaluations included. Every
+run's TensorBoard logs sit under OUT, so `tensorboard --logdir OUT` shows them together. Any
+other flag goes to every trainer; an arm's own flags come after them and win.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from train.comparison import (
+    DEFAULT_ARMS,
+    RunSpec,
+    evaluation_todo,
+    finished,
+    parse_arm,
+    run_specs,
+)
 from train.report import ReportError, report
 
-RUNS = {"baseline": ["--sd", "0"], "sd": ["--sd", "1"]}
+SET_BY_COMPARE = ("--out", "--resume", "--seed")
 
 
-def finished(run_dir: Path, epochs: int) -> bool:
-    summary = run_dir / "training_summary.json"
-    if not summary.is_file():
-        return False
-    return json.loads(summary.read_text()).get("epochs_completed", 0) >= epochs
+@dataclass(frozen=True)
+class Launch:
+    """How compare starts processes: the shards, the common trainer flags, the GPUs."""
+
+    data_dir: str
+    depth: int
+    epochs: int | None
+    extra: list[str]  # common trainer flags
 
 
 def visible_gpus() -> list[str]:
@@ -37,26 +50,51 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def command(nproc: int, run_dir: Path, args: argparse.Namespace, extra: list[str], sd_flags):
-    """The trainer's command line: torchrun over nproc GPUs, or one plain process."""
-    launcher = [sys.executable]  # one process: no rendezvous needed
-    if nproc > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+def launcher(nproc: int) -> list[str]:
+    """One plain process, or torchrun over nproc GPUs of this machine."""
+    if nproc <= 1:
+        return [sys.executable]
     return [
-        *launcher,
+        sys.executable,
         "-m",
-        "train",
-        "--data_dir",
-        args.data_dir,
-        "--out",
-        str(run_dir),
-        "--depth",
-        str(args.depth),
-        "--epochs",
-        str(args.epochs),
-        *sd_flags,
-        *extra,
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
     ]
+
+
+def train_command(nproc: int, run: RunSpec, launch: Launch) -> list[str]:
+    epochs = ["--epochs", str(launch.epochs)] if launch.epochs is not None else []
+    return [
+        *launcher(nproc),
+        "-m", "train",
+        "--data_dir", launch.data_dir,
+        "--out", str(run.directory),
+        "--depth", str(launch.depth),
+        *epochs,
+        *launch.extra,
+        *run.arm.flags,
+        "--seed", str(run.seed),
+    ]  # fmt: skip
+
+
+def evaluate_command(
+    nproc: int, weights: Path, logits: Path, ema: bool, launch: Launch
+) -> list[str]:
+    """train.evaluate on the val shards, writing every image's logits (what the paired tests
+    need); DALI threads and device follow the trainer flags when they name them."""
+    passed = ["--ema"] if ema else []
+    for flag in ("--workers", "--device"):
+        if flag in launch.extra:
+            passed += [flag, launch.extra[launch.extra.index(flag) + 1]]
+    return [
+        *launcher(nproc),
+        "-m", "train.evaluate",
+        "--data_dir", launch.data_dir,
+        "--weights", str(weights),
+        "--logits", str(logits),
+        *passed,
+    ]  # fmt: skip
 
 
 def stream(name: str, proc: subprocess.Popen) -> None:
@@ -66,33 +104,89 @@ def stream(name: str, proc: subprocess.Popen) -> None:
         sys.stdout.flush()
 
 
+def run_arm_in_turn(runs: list[RunSpec], launch: Launch, gpus: list[str], prefix: bool) -> bool:
+    """Train then evaluate each run of `runs` in turn on `gpus`; whether all succeeded."""
+    env = dict(os.environ)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    nproc = max(1, len(gpus))
+    for run in runs:
+        if not finished(run):
+            print(f"compare: training {run.name} in {run.directory}", flush=True)
+            if not execute(train_command(nproc, run, launch), run.name, env, prefix):
+                return False
+        for weights, logits, ema in evaluation_todo(run.directory):
+            command = evaluate_command(nproc, weights, logits, ema, launch)
+            if not execute(command, run.name, env, prefix):
+                return False
+    return True
+
+
+def execute(command: list[str], name: str, env: dict, prefix: bool) -> bool:
+    """Run one trainer or evaluation; with `prefix`, each output line starts with [name]."""
+    if prefix:
+        proc = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            bufsize=1,
+        )  # fmt: skip
+        stream(name, proc)
+        code = proc.wait()
+    else:
+        code = subprocess.run(command, env=env).returncode
+    if code != 0:
+        print(f"compare: {name}: {' '.join(command[1:4])} ... ended with exit code {code}")
+    return code == 0
+
+
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(
         prog="python -m train.compare",
         description=__doc__.split("\n\n")[0],
-        epilog="Every other flag (--batch, --mixup, --pL, ...) is passed to both trainers; "
+        epilog="Every other flag (--batch, --mixup, --pL, ...) is passed to every trainer; "
         "see python -m train --help.",
     )
     p.add_argument("--data_dir", default="shards", help="shards folder written by make shards")
     p.add_argument("--out", default="results/compare-rn50", help="compare folder")
     p.add_argument("--depth", type=int, default=50, choices=[50, 101, 152], help="ResNet depth")
-    p.add_argument("--epochs", type=int, default=120, help="epochs of each run")
+    p.add_argument(
+        "--epochs", type=int, help="epochs of every run (default: the trainer's or the recipe's)"
+    )
+    p.add_argument(
+        "--arm",
+        action="append",
+        metavar='NAME="FLAGS"',
+        help='an arm: a name and its trainer flags, e.g. --arm fast="--recipe fast"; '
+        'repeatable, the first is the reference (default: baseline="--sd 0" sd="--sd 1")',
+    )
+    p.add_argument("--seeds", type=int, default=1, help="runs per arm, seeds SEED, SEED+1, ...")
+    p.add_argument("--seed", type=int, default=42, help="the first seed")
     p.add_argument(
         "--mode",
         choices=["sequential", "parallel"],
         default="sequential",
-        help="sequential: one run after the other on all GPUs; parallel: both at once",
+        help="sequential: one run after the other on all GPUs; parallel: the arms at once",
     )
     p.add_argument(
         "--gpu_split",
         action="store_true",
-        help="parallel mode: give each run half of the visible GPUs (else both share them all)",
+        help="parallel mode: split the visible GPUs evenly among the arms (else all share them)",
     )
     args, extra = p.parse_known_args(argv)
-    if "--sd" in extra or any(a.startswith("--sd=") for a in extra):
+    try:
+        args.arms = [parse_arm(a) for a in args.arm] if args.arm else list(DEFAULT_ARMS)
+    except ValueError as e:
+        p.error(str(e))
+    names = [a.name for a in args.arms]
+    if len(set(names)) != len(names):
+        p.error(f"--arm names must differ: {', '.join(names)}")
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
+    if not args.arm and ("--sd" in extra or any(a.startswith("--sd=") for a in extra)):
         p.error("--sd is set by compare: the baseline gets --sd 0 and the other run --sd 1")
-    if "--out" in extra or "--resume" in extra:
-        p.error("--out and --resume are set by compare for each run")
+    for flags, where in [(extra, "")] + [(a.flags, f" (in --arm {a.name})") for a in args.arms]:
+        clash = [f for f in flags if f.split("=")[0] in SET_BY_COMPARE]
+        if clash:
+            p.error(f"{', '.join(clash)}{where}: --out, --resume and --seed are set by compare")
     return args, extra
 
 
@@ -106,51 +200,46 @@ def main(argv: list[str] | None = None) -> int:
 
 def compare(args: argparse.Namespace, extra: list[str]) -> int:
     out = Path(args.out)
+    launch = Launch(args.data_dir, args.depth, args.epochs, extra)
+    runs = run_specs(args.arms, args.seeds, args.seed, out, extra, args.epochs)
+    for run in runs:
+        if finished(run):
+            print(f"compare: {run.directory} has finished its {run.epochs} epochs; skipping it")
     gpus = visible_gpus()
-    todo = {name: flags for name, flags in RUNS.items() if not finished(out / name, args.epochs)}
-    for name in RUNS.keys() - todo.keys():
-        print(f"compare: {out / name} has finished its {args.epochs} epochs; skipping it")
-    if args.mode == "parallel" and args.gpu_split and len(gpus) < 2:
-        print(f"compare: error: --gpu_split needs at least 2 visible GPUs, found {len(gpus)}")
-        return 2
-    failed = []
+    by_arm = {a.name: [r for r in runs if r.arm.name == a.name] for a in args.arms}
     if args.mode == "sequential":
-        for name, flags in todo.items():
-            print(f"compare: training {name} in {out / name}")
-            cmd = command(max(1, len(gpus)), out / name, args, extra, flags)
-            if subprocess.run(cmd).returncode != 0:
-                failed.append(name)
+        ok = all([run_arm_in_turn(r, launch, gpus, prefix=False) for r in by_arm.values()])
     else:
-        halves = {"baseline": gpus[: len(gpus) // 2], "sd": gpus[len(gpus) // 2 :]}
-        procs = {}
-        for name, flags in todo.items():
-            share = halves[name] if args.gpu_split else gpus
-            env = dict(os.environ)
-            if share:
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(share)
-            where = f" on GPUs {','.join(share)}" if share else ""
-            print(f"compare: training {name} in {out / name}{where}")
-            cmd = command(max(1, len(share)), out / name, args, extra, flags)
-            procs[name] = subprocess.Popen(
-                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        if args.gpu_split and (len(gpus) < len(by_arm) or len(gpus) % len(by_arm)):
+            print(
+                f"compare: error: --gpu_split needs the visible GPUs ({len(gpus)}) to divide "
+                f"evenly among the {len(by_arm)} arms"
             )
-        threads = [threading.Thread(target=stream, args=(n, p)) for n, p in procs.items()]
+            return 2
+        share = len(gpus) // len(by_arm) if args.gpu_split else 0
+        results = {}
+
+        def work(k: int, name: str) -> None:
+            mine = gpus[k * share : (k + 1) * share] if args.gpu_split else gpus
+            results[name] = run_arm_in_turn(by_arm[name], launch, mine, prefix=True)
+
+        threads = [threading.Thread(target=work, args=kv) for kv in enumerate(by_arm)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        failed = [name for name, proc in procs.items() if proc.wait() != 0]
-    if failed:
-        print(f"compare: {', '.join(failed)} did not finish: fix the cause and rerun to continue")
+        ok = all(results.values())
+    if not ok:
+        print("compare: some runs did not finish: fix the cause and rerun to continue")
         return 1
     try:
-        table = report([out / "baseline", out / "sd"], out)
+        table = report({name: [r.directory for r in rs] for name, rs in by_arm.items()}, out)
     except ReportError as e:
         print(f"compare: error: {e}")
         return 2
     print(
-        f"\n{table}\nwrote {out}/comparison.csv, comparison.md, comparison.png; "
-        f"curves: tensorboard --logdir {out}"
+        f"\n{table}\nwrote {out}/comparison.csv, comparison.md, comparison.png, "
+        f"comparison.json; curves: tensorboard --logdir {out}"
     )
     return 0
 

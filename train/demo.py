@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         name: json.loads((runs / name / "training_summary.json").read_text())["final_top1"]
         for name in ("baseline", "sd")
     }
+    for test in json.loads((runs / "comparison.json").read_text())["paired"]:
+        print(f"demo: {test['verdict']}")
     verdict = "reached" if min(tops.values()) >= TARGET_TOP1 else "MISSED"
     print(
         f"demo: final val top-1: baseline {100 * tops['baseline']:.1f}%, stochastic depth "

@@ -1,9 +1,13 @@
-"""python -m train.report RUN_DIR [RUN_DIR ...]: the comparison table and plot of finished runs.
+"""python -m train.report RUN_DIR [RUN_DIR ...]: the comparison table, plot and statistics
+of finished runs.
 
-Writes comparison.csv, comparison.md and comparison.png (val top-1 and train loss per epoch,
-every run on the same axes). With two runs, the second minus the first is reported too
-(train.compare puts the baseline first). The plot is drawn with Pillow, which the project
-already needs, rather than another plotting dependency.
+Writes comparison.csv, comparison.md, comparison.json and comparison.png (val top-1 and train
+loss per epoch, every run on the same axes; the seeds of an arm faintly, their mean bold).
+With two runs, the second minus the first is reported too (train.compare puts the reference
+first). Where the runs' per-image val logits are there (train.compare writes them), every arm
+is tested against the first on the same images (train.stats), and with several seeds per arm
+the seeds' spread is reported too. The plot is drawn with Pillow, which the project already
+needs, rather than another plotting dependency.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from train import verdicts
 from train.logs import csv_text, write_atomic
 
 COLUMNS = [
@@ -35,7 +40,7 @@ class ReportError(Exception):
     pass
 
 
-def read_run(run_dir: Path) -> dict:
+def read_run(run_dir: Path, label: str) -> dict:
     """A run's summary and history, from the files the trainer writes."""
     summary_path, history_path = run_dir / "training_summary.json", run_dir / "training_history.csv"
     if not summary_path.is_file() or not history_path.is_file():
@@ -48,7 +53,7 @@ def read_run(run_dir: Path) -> dict:
         ]
     best = next((r for r in history if r["epoch"] == summary["best_epoch"]), None)
     return {
-        "run": run_dir.name,
+        "run": label,
         "best_top1": summary["best_top1"],
         "best_top5": best["val_top5"] if best else None,
         "best_epoch": summary["best_epoch"],
@@ -121,13 +126,16 @@ def markdown(rows: list[dict], diff: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def draw_panel(draw, box, series: list[tuple[str, list, list]], title: str, font) -> None:
-    """One line chart in box (x0, y0, x1, y1): series of (name, xs, ys)."""
+def draw_panel(draw, box, series: list[tuple], title: str, font) -> None:
+    """One line chart in box (x0, y0, x1, y1): series of (name, xs, ys, colour, faint); a
+    faint series is drawn thin and pale, without a legend entry."""
     x0, y0, x1, y1 = box
     left, bottom = x0 + 60, y1 - 40
     top, right = y0 + 30, x1 - 10
     draw.text((x0 + 60, y0 + 5), title, fill="black", font=font)
-    points = [(x, y) for _, xs, ys in series for x, y in zip(xs, ys, strict=True) if y is not None]
+    points = [
+        (x, y) for _, xs, ys, *_ in series for x, y in zip(xs, ys, strict=True) if y is not None
+    ]
     if not points:
         draw.text((left + 10, top + 10), "no data", fill="black", font=font)
         return
@@ -159,53 +167,79 @@ def draw_panel(draw, box, series: list[tuple[str, list, list]], title: str, font
         draw.line((px, bottom, px, bottom + 4), fill="black")
         draw.text((px - 8, bottom + 6), f"{value:.3g}", fill="black", font=font)
     draw.text(((left + right) / 2 - 15, bottom + 22), "epoch", fill="black", font=font)
-    for k, (name, xs, ys) in enumerate(series):
-        colour = COLOURS[k % len(COLOURS)]
+    legend = 0
+    for name, xs, ys, colour, faint in sorted(series, key=lambda s: not s[4]):  # faint first
         line = [to_px(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
+        pale = tuple(c + (255 - c) * 3 // 5 for c in colour)
         if len(line) > 1:
-            draw.line(line, fill=colour, width=2)
+            draw.line(line, fill=pale if faint else colour, width=1 if faint else 2)
+        if faint:
+            continue
         for px, py in line:
             draw.ellipse((px - 2.5, py - 2.5, px + 2.5, py + 2.5), fill=colour)
-        draw.line(
-            (right - 150, top + 12 + 16 * k, right - 130, top + 12 + 16 * k), fill=colour, width=3
+        y = top + 12 + 16 * legend
+        draw.line((right - 150, y, right - 130, y), fill=colour, width=3)
+        draw.text((right - 125, y - 7), name, fill="black", font=font)
+        legend += 1
+
+
+def curves(arms: dict[str, list[dict]], key: str, scale: float) -> list[tuple]:
+    """Plot series of one history column: every arm in its colour; with several seeds each
+    seed faintly and their mean (over the epochs all of them have) in full."""
+    series = []
+    for k, (name, runs) in enumerate(arms.items()):
+        colour = COLOURS[k % len(COLOURS)]
+        lines = [
+            {h["epoch"]: None if h[key] is None else scale * h[key] for h in r["history"]}
+            for r in runs
+        ]
+        if len(runs) == 1:
+            series.append((name, list(lines[0]), list(lines[0].values()), colour, False))
+            continue
+        for line in lines:
+            series.append((None, list(line), list(line.values()), colour, True))
+        shared = sorted(
+            set.intersection(*(set(e for e, v in ln.items() if v is not None) for ln in lines))
         )
-        draw.text((right - 125, top + 5 + 16 * k), name, fill="black", font=font)
+        mean = [sum(ln[e] for ln in lines) / len(lines) for e in shared]
+        series.append((f"{name} (mean of {len(runs)})", shared, mean, colour, False))
+    return series
 
 
-def plot(runs: list[dict], path: Path) -> None:
+def plot(arms: dict[str, list[dict]], path: Path) -> None:
     image = Image.new("RGB", (1200, 460), "white")
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
-    top1 = [
-        (
-            r["run"],
-            [h["epoch"] for h in r["history"]],
-            [None if h["val_top1"] is None else 100 * h["val_top1"] for h in r["history"]],
-        )
-        for r in runs
-    ]
-    loss = [
-        (r["run"], [h["epoch"] for h in r["history"]], [h["train_loss"] for h in r["history"]])
-        for r in runs
-    ]
-    draw_panel(draw, (0, 0, 600, 460), top1, "val top-1 (%)", font)
-    draw_panel(draw, (600, 0, 1200, 460), loss, "train loss", font)
+    draw_panel(draw, (0, 0, 600, 460), curves(arms, "val_top1", 100), "val top-1 (%)", font)
+    draw_panel(draw, (600, 0, 1200, 460), curves(arms, "train_loss", 1), "train loss", font)
     tmp = path.with_name(f".{path.name}.tmp")
     image.save(tmp, format="PNG")
     tmp.replace(path)
 
 
-def report(run_dirs: list[Path], out: Path) -> str:
-    """Write comparison.csv, .md and .png into out; return the markdown table."""
-    runs = [read_run(Path(d)) for d in run_dirs]
+def report(groups: dict[str, list[Path]], out: Path) -> str:
+    """Write comparison.csv, .md, .json and .png into out for the runs of each arm (the first
+    arm is the reference); return the markdown."""
+    arms = {
+        name: [read_run(Path(d), verdicts.run_label(name, Path(d))) for d in dirs]
+        for name, dirs in groups.items()
+    }
+    runs = [r for rs in arms.values() for r in rs]
     diff = difference(runs[0], runs[1]) if len(runs) == 2 else None
     out.mkdir(parents=True, exist_ok=True)
     rows = [{k: r[k] for k in COLUMNS} for r in runs] + ([diff] if diff else [])
     write_atomic(out / "comparison.csv", csv_text(rows, COLUMNS))
-    table = markdown(runs, diff)
-    write_atomic(out / "comparison.md", table)
-    plot(runs, out / "comparison.png")
-    return table
+    try:
+        tests = verdicts.paired_tests(groups)
+        seeds = verdicts.seed_summary(groups)
+    except verdicts.DifferentImages as e:
+        raise ReportError(str(e)) from None
+    text = markdown(runs, diff) + verdicts.markdown(tests, seeds, evaluated=bool(tests or seeds))
+    write_atomic(out / "comparison.md", text)
+    record = {"runs": rows, "paired": tests, "seeds": seeds}
+    write_atomic(out / "comparison.json", json.dumps(record, indent=1) + "\n")
+    plot(arms, out / "comparison.png")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,12 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="where to write comparison.* (default: the first run's parent)")
     args = p.parse_args(argv)
     out = Path(args.out) if args.out else Path(args.runs[0]).resolve().parent
+    names = [Path(r).resolve().name for r in args.runs]
     try:
-        table = report([Path(r) for r in args.runs], out)
+        if len(set(names)) != len(names):
+            raise ReportError(f"two runs share a folder name ({', '.join(names)}): rename one")
+        table = report({n: [Path(r)] for n, r in zip(names, args.runs, strict=True)}, out)
     except ReportError as e:
         print(f"report: error: {e}")
         return 2
-    print(table + f"\nwrote {out / 'comparison.csv'}, comparison.md and comparison.png")
+    print(table + f"\nwrote {out / 'comparison.csv'}, comparison.md, .json and .png")
     return 0
 
 
