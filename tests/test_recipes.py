@@ -250,8 +250,13 @@ def test_progressive_resizing_and_ema_resume_mid_epoch_exactly(tiny_shards, tmp_
     assert [r["train_res"] for r in rows] == ["32", "64", "64"]
     assert scalars(reference, "epoch/train_res") == {1: 32, 2: 64, 3: 64}
     assert all(r["val_top1_ema"] != "" for r in rows)
-    config = json.loads((reference / "config.json").read_text())["config"]
+    recorded = json.loads((reference / "config.json").read_text())
+    config, derived = recorded["config"], recorded["derived"]
     assert (config["recipe"], config["min_res"], config["ema"]) == ("seed", 32, True)
+    assert derived["train_resolution"] == {
+        "min_res": 32, "max_res": 64, "start_ramp": 0, "end_ramp": 1
+    }  # fmt: skip
+    assert derived["ema_decay_per_step"] == pytest.approx(0.5 ** (1 / (0.5 * 3)))
     stopped = StopAt(whole.make_loader, epoch=1, batch=1)
     monkeypatch.setattr(train.inputs, "make_loader", stopped)
     out = tmp_path / "stopped"

@@ -178,6 +178,7 @@ def announce(run: Run, out: Path, num_classes: int, data_dir: str) -> None:
                 "parameters": parameters,
                 "num_classes": num_classes,
                 "data_dir_used": data_dir,
+                "ema_decay_per_step": None if run.ema is None else run.ema.decay,
             },
         )
     say(d, run_line(cfg, d, parameters, run.plan.steps_per_epoch))
