@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from train.config import Derived, TrainConfig, to_dict
+from train.schedule import train_resolution
 
 HISTORY_FIELDS = [
     "epoch",
@@ -148,6 +149,14 @@ def run_line(cfg: TrainConfig, d: Derived, parameters: int, steps_per_epoch: int
         + (f"AMP {str(d.amp_dtype).split('.')[-1]}" if d.amp else "float32")
         + f", {steps_per_epoch} steps/epoch"
     )
+
+
+def resolution_lines(d: Derived, epoch: int, first: bool) -> list[str]:
+    """Progressive resizing: the train resolution at the start and whenever it changes."""
+    size = train_resolution(d, epoch)
+    if d.min_res == d.max_res or not (first or size != train_resolution(d, epoch - 1)):
+        return []
+    return [f"train resolution {size} px from epoch {epoch + 1} (evaluation at {d.val_res} px)"]
 
 
 def epoch_line(row: dict, epochs: int) -> str:

@@ -251,3 +251,13 @@ def evaluate(
         "val_top5": top5 / max(count, 1),
         "val_samples": int(count),
     }
+
+
+def evaluate_live_and_average(run: Run, batches: Iterable) -> dict:
+    """The live weights' val figures, and with --ema the averaged weights' beside them
+    (keys ending in _ema); flip TTA with --tta."""
+    figures = evaluate(run.model, batches, run.d, tta=run.cfg.tta)
+    if run.ema is not None:
+        averaged = evaluate(run.ema.model, batches, run.d, tta=run.cfg.tta)
+        figures |= {f"{k}_ema": v for k, v in averaged.items() if k != "val_samples"}
+    return figures

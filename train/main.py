@@ -46,6 +46,7 @@ from train.logs import (
     best_top1_of,
     done_line,
     epoch_line,
+    resolution_lines,
     run_line,
     say,
     summarize,
@@ -53,8 +54,8 @@ from train.logs import (
     write_history,
     write_summary,
 )
-from train.loop import Interrupted, NonFiniteLoss, Run, evaluate, train_one_epoch
-from train.model import build_training
+from train.loop import Interrupted, NonFiniteLoss, Run, evaluate_live_and_average, train_one_epoch
+from train.model import build_training, parameter_count
 from train.plan import print_plan
 from train.ram_cache import cache_shards
 from train.resume import ResumeError, checkpoint_to_resume, restore, restore_average
@@ -136,7 +137,7 @@ def train(cfg: TrainConfig, d: Derived, facts: dict, data_dir: str) -> int:
     with contextlib.closing(run.board):  # flushes TensorBoard whatever happens
         first_epoch = progress.epoch
         for epoch in range(first_epoch, cfg.epochs):
-            say_resolution(run, epoch, first=epoch == first_epoch)
+            say(d, *resolution_lines(d, epoch, first=epoch == first_epoch))
             batches = train_batches(cfg, d, data_dir, epoch, plan, num_classes)
             try:
                 row = train_one_epoch(
@@ -152,16 +153,12 @@ def train(cfg: TrainConfig, d: Derived, facts: dict, data_dir: str) -> int:
             del batches
             progress = replace(progress, epoch=epoch + 1, batches_done=0, totals=None, seconds=0.0)
             if val is not None and evaluation_due(cfg, epoch):
-                row.update(evaluate_both(run, val))
+                row.update(evaluate_live_and_average(run, val))
             row = {"epoch": epoch + 1, "train_res": train_resolution(d, epoch), **row}
             end_epoch(run, out, row, progress, num_classes, started)
         if d.rank == 0:
             finish(run, out, progress, started)
     return 0
-
-
-def parameter_count(model) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def announce(run: Run, out: Path, num_classes: int, data_dir: str) -> None:
@@ -192,23 +189,6 @@ def announce(run: Run, out: Path, num_classes: int, data_dir: str) -> None:
 
 def evaluation_due(cfg: TrainConfig, epoch: int) -> bool:
     return (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
-
-
-def evaluate_both(run: Run, val) -> dict:
-    """The live weights' val figures, and the averaged weights' beside them (`_ema`)."""
-    figures = evaluate(run.model, val, run.d, tta=run.cfg.tta)
-    if run.ema is not None:
-        averaged = evaluate(run.ema.model, val, run.d, tta=run.cfg.tta)
-        figures |= {f"{k}_ema": v for k, v in averaged.items() if k != "val_samples"}
-    return figures
-
-
-def say_resolution(run: Run, epoch: int, first: bool) -> None:
-    """Progressive resizing: the train resolution at the start and whenever it changes."""
-    d = run.d
-    size = train_resolution(d, epoch)
-    if d.min_res != d.max_res and (first or size != train_resolution(d, epoch - 1)):
-        say(d, f"train resolution {size} px from epoch {epoch + 1} (evaluation at {d.val_res} px)")
 
 
 def end_epoch(

@@ -34,6 +34,10 @@ def build_model(cfg: TrainConfig, d: Derived, num_classes: int) -> torch.nn.Modu
     return model
 
 
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def wrap_for_training(model: torch.nn.Module, cfg: TrainConfig, d: Derived) -> torch.nn.Module:
     """What the training step calls: the model in DDP over several ranks, compiled on
     request. Batch mode compiles block by block in place, so DDP wraps the compiled blocks."""

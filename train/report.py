@@ -55,7 +55,7 @@ def read_run(run_dir: Path, label: str) -> dict:
     return {
         "run": label,
         "best_top1": summary["best_top1"],
-        "best_top5": best["val_top5"] if best else None,
+        "best_top5": summary.get("best_top5", best["val_top5"] if best else None),
         "best_epoch": summary["best_epoch"],
         "final_top1": summary["final_top1"],
         "final_top5": summary["final_top5"],
