@@ -47,6 +47,8 @@ def test_both_runs_train_with_equal_settings_and_are_reported(compared):
     )
     table = (compared / "comparison.md").read_text()
     assert "| baseline |" in table and "| sd - baseline |" in table
+    assert "- sd / baseline: wall time " in table and "x, images/s " in table
+    assert "## Is the difference real?" in table and "McNemar p = " in table
     image = Image.open(compared / "comparison.png")
     assert image.size == (1200, 460)
     # both runs drawn: the baseline's blue and the SD run's red are on the canvas

@@ -183,6 +183,26 @@ def draw_panel(draw, box, series: list[tuple], title: str, font) -> None:
         legend += 1
 
 
+def speed_ratios(arms: dict[str, list[dict]]) -> str:
+    """Each arm's wall time and images/s against the first arm's (means over seeds)."""
+
+    def mean(runs: list[dict], key: str) -> float | None:
+        values = [r[key] for r in runs if r[key]]
+        return sum(values) / len(values) if values else None
+
+    names = list(arms)
+    lines = []
+    for name in names[1:]:
+        pairs = [(mean(arms[name], k), mean(arms[names[0]], k)) for k in COLUMNS[-2:]]
+        if all(a and b for a, b in pairs):
+            (wall, wall_ref), (speed, speed_ref) = pairs
+            lines.append(
+                f"- {name} / {names[0]}: wall time {wall / wall_ref:.2f}x, "
+                f"images/s {speed / speed_ref:.2f}x"
+            )
+    return "\n" + "\n".join(lines) + "\n" if lines else ""
+
+
 def curves(arms: dict[str, list[dict]], key: str, scale: float) -> list[tuple]:
     """Plot series of one history column: every arm in its colour; with several seeds each
     seed faintly and their mean (over the epochs all of them have) in full."""
@@ -234,7 +254,8 @@ def report(groups: dict[str, list[Path]], out: Path) -> str:
         seeds = verdicts.seed_summary(groups)
     except verdicts.DifferentImages as e:
         raise ReportError(str(e)) from None
-    text = markdown(runs, diff) + verdicts.markdown(tests, seeds, evaluated=bool(tests or seeds))
+    text = markdown(runs, diff) + speed_ratios(arms)
+    text += verdicts.markdown(tests, seeds, evaluated=bool(tests or seeds))
     write_atomic(out / "comparison.md", text)
     record = {"runs": rows, "paired": tests, "seeds": seeds}
     write_atomic(out / "comparison.json", json.dumps(record, indent=1) + "\n")
