@@ -71,12 +71,14 @@ def restore(ckpt: dict, model, optimizer, scaler) -> Progress:
     add_momentum_buffers(optimizer)  # checkpoints of older versions may lack some
     scaler.load_state_dict(ckpt["scaler"])
     checkpoint.set_rng_state(ckpt["rng"], model)
+    # Rows of versions without progressive resizing: they trained at --image_size throughout.
+    history = [{"train_res": ckpt["config"]["image_size"], **row} for row in ckpt["history"]]
     return Progress(
         epoch=ckpt["epoch"],
         batches_done=ckpt["batches_done"],
         totals=ckpt["totals"],
         seconds=ckpt["seconds"],
-        history=ckpt["history"],
+        history=history,
         best_top1=ckpt["best_top1"],
         best_weights=ckpt.get("best_weights", "live"),  # older checkpoints: live weights only
     )
