@@ -21,7 +21,7 @@ from tqdm import tqdm
 from train.config import Derived, TrainConfig
 from train.ema import WeightAverage, update_average
 from train.logs import Board
-from train.schedule import StepPlan, lr_at
+from train.schedule import StepPlan, lr_of
 
 
 class NonFiniteLoss(Exception):
@@ -108,15 +108,7 @@ def train_step(run: Run, images, labels, boundary: bool):
 
 
 def lr_of_step(run: Run, step: int) -> float:
-    plan = run.plan
-    return lr_at(
-        step,
-        base_lr=run.d.lr,
-        warmup_steps=plan.warmup_steps,
-        total_steps=plan.total_steps,
-        schedule=plan.schedule,
-        milestones=plan.milestones,
-    )
+    return lr_of(run.plan, run.d.lr, step)
 
 
 def train_one_epoch(

@@ -15,7 +15,7 @@ from models import survival_probs
 from models.flops import skipped_share, training_flops
 from train.config import TrainConfig, check, derive, fitted_warmup_epochs
 from train.data import IMAGENET_TRAIN_IMAGES
-from train.schedule import lr_at, plan_steps, train_resolution
+from train.schedule import lr_of, plan_steps, train_resolution
 
 
 @cache
@@ -51,18 +51,7 @@ def run_plan(cfg: TrainConfig, world_size: int, images: int, classes: int) -> di
         "total_steps": plan.total_steps,
         "images_per_epoch": trained,
         "resolutions": resolutions,
-        "lr": {
-            step: lr_at(
-                step,
-                base_lr=d.lr,
-                warmup_steps=plan.warmup_steps,
-                total_steps=plan.total_steps,
-                schedule=plan.schedule,
-                milestones=plan.milestones,
-            )
-            for step in milestones
-            if 0 <= step < plan.total_steps
-        },
+        "lr": {s: lr_of(plan, d.lr, s) for s in milestones if 0 <= s < plan.total_steps},
         "training_flops": sum(trained * f for f in per_image),
         "val_res": d.val_res,
     }

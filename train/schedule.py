@@ -93,6 +93,18 @@ def train_resolution(d: Derived, epoch: int) -> int:
     return resolution_at(epoch, d.min_res, d.max_res, d.start_ramp, d.end_ramp)
 
 
+def lr_of(plan: StepPlan, base_lr: float, step: int) -> float:
+    """The learning rate of `step` under this plan's schedule."""
+    return lr_at(
+        step,
+        base_lr=base_lr,
+        warmup_steps=plan.warmup_steps,
+        total_steps=plan.total_steps,
+        schedule=plan.schedule,
+        milestones=plan.milestones,
+    )
+
+
 def step_milestones(epochs: int, warmup_epochs: float) -> tuple[float, float]:
     """The step schedule's default milestones (epochs): 1/3 and 2/3 of the run after warmup."""
     after = epochs - warmup_epochs
