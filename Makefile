@@ -53,9 +53,10 @@ lint: $(INSTALL_DEP)
 models: $(INSTALL_DEP)
 	$(PYTHON) -m models --depth $(DEPTH) $(if $(filter 1,$(SD)),--sd-mode batch)
 
-# ImageNet folders -> WebDataset shards + DALI indexes + manifest (resumable: rerun after a crash).
+# ImageNet (the downloaded archives, Kaggle's zip or extracted folders) -> WebDataset shards +
+# DALI indexes + manifest (resumable: rerun after a crash).
 shards: $(INSTALL_DEP)
-	@test -n "$(DATA)" || { echo "usage: make shards DATA=/path/imagenet [SHARDS=shards] [ARGS='--workers 32']"; exit 2; }
+	@test -n "$(DATA)" || { echo "usage: make shards DATA=/path/imagenet [SHARDS=shards] [ARGS='--workers 32']"; echo "DATA: the folder of ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz, Kaggle's zip, or extracted folders"; exit 2; }
 	$(PYTHON) -m prep "$(DATA)" "$(SHARDS)" $(ARGS)
 
 verify-shards: $(INSTALL_DEP)

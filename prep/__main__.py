@@ -9,7 +9,9 @@ import sys
 from prep.errors import PrepError
 
 USAGE = """\
-python -m prep DATA OUT [options]     convert ImageNet folders into shards (make shards)
+python -m prep DATA OUT [options]     convert ImageNet into shards (make shards)
+python -m prep OUT --train-tar ILSVRC2012_img_train.tar --val-tar ILSVRC2012_img_val.tar \\
+    [--devkit ILSVRC2012_devkit_t12.tar.gz] [options]
 python -m prep verify OUT [--workers] check a shards folder (make verify-shards)"""
 
 
@@ -31,18 +33,44 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m prep",
         usage=USAGE,
-        description="Convert the ImageNet train/val folders into WebDataset tar shards with "
-        "DALI index files, classes.txt and manifest.json. Layouts: DATA/train/<wnid>/ + "
-        "DATA/val/<wnid>/; the Kaggle download (DATA/ILSVRC/Data/CLS-LOC/ + "
-        "DATA/LOC_val_solution.csv), detected automatically; or a flat DATA/val/ with "
+        description="Convert ImageNet into WebDataset tar shards with DALI index files, "
+        "classes.txt and manifest.json, reading the images once, from the downloaded archives "
+        "(no extraction) or from extracted folders. DATA, detected automatically: a folder "
+        "holding ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and "
+        "ILSVRC2012_devkit_t12.tar.gz as downloaded from image-net.org; Kaggle's "
+        "imagenet-object-localization-challenge.zip (or a folder holding it); the folders "
+        "DATA/train/<wnid>/ + DATA/val/<wnid>/; the extracted Kaggle download "
+        "(DATA/ILSVRC/Data/CLS-LOC/ + DATA/LOC_val_solution.csv); or a flat DATA/val/ with "
         "--val-labels. Resumable: rerun the same command after a crash.",
     )
-    p.add_argument("data", help="the ImageNet folder (DATA)")
+    p.add_argument(
+        "data",
+        nargs="?",
+        help="the ImageNet downloads' folder, Kaggle's zip, or the extracted folder (DATA); "
+        "leave it out with --train-tar and --val-tar",
+    )
     p.add_argument("out", help="the shards folder to write (OUT)")
+    p.add_argument(
+        "--train-tar",
+        metavar="FILE",
+        help="ILSVRC2012_img_train.tar, where it is (instead of DATA; with --val-tar)",
+    )
+    p.add_argument(
+        "--val-tar",
+        metavar="FILE",
+        help="ILSVRC2012_img_val.tar, where it is (instead of DATA; with --train-tar)",
+    )
+    p.add_argument(
+        "--devkit",
+        metavar="FILE",
+        help="ILSVRC2012_devkit_t12.tar.gz, the val tar's labels (default: the one beside "
+        "the val tar)",
+    )
     p.add_argument(
         "--val-labels",
         metavar="FILE",
-        help="labels of a flat val folder: lines `filename wnid` (or Kaggle's CSV)",
+        help="labels of a flat val folder or of the val tar: lines `filename wnid` (or "
+        "Kaggle's LOC_val_solution.csv)",
     )
     p.add_argument(
         "--shard-size",
@@ -72,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=positive,
         default=os.cpu_count(),
-        help=f"worker processes (default: all cores, {os.cpu_count()} here)",
+        help=f"worker processes, for walking the train tar too (default: all cores, "
+        f"{os.cpu_count()} here)",
     )
     p.add_argument(
         "--strict",
@@ -114,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         args = build_parser().parse_args(argv)
         from prep.build import PrepOptions, build
+        from prep.sources import ArchivePaths
 
         options = PrepOptions(
             seed=args.seed, shard_size=args.shard_size, max_side=args.max_side, quality=args.quality
@@ -123,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             options,
             val_labels=args.val_labels,
+            archives=ArchivePaths(args.train_tar, args.val_tar, args.devkit),
             workers=args.workers,
             overwrite=args.overwrite,
             strict=args.strict,

@@ -26,10 +26,12 @@ from queue import Empty
 
 from tqdm import tqdm
 
+from prep.archives import INDEX_DIR, Reader
 from prep.errors import PrepError
 from prep.images import inspect_image
-from prep.layout import Sample, Scan, scan
+from prep.layout import Sample, Scan
 from prep.shardio import cls_digits, cls_text, index_text, write_atomic, write_tar
+from prep.sources import NO_ARCHIVES, ArchivePaths, scan
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -77,11 +79,15 @@ def shuffled(samples: list[Sample], seed: int) -> list[Sample]:
     return out
 
 
+def image_bytes(root: str, sample: Sample) -> int:
+    return sample.where.size if sample.where else os.path.getsize(os.path.join(root, sample.path))
+
+
 def mean_file_bytes(root: str, samples: list[Sample]) -> float:
-    """Mean file size over up to SIZE_SAMPLE evenly spaced samples (a stat each)."""
+    """Mean image size over up to SIZE_SAMPLE evenly spaced samples (a stat each for files)."""
     step = max(1, len(samples) // SIZE_SAMPLE)
     picked = samples[::step][:SIZE_SAMPLE]
-    return sum(os.path.getsize(os.path.join(root, s.path)) for s in picked) / len(picked)
+    return sum(image_bytes(root, s) for s in picked) / len(picked)
 
 
 def default_shard_size(num_images: int, mean_bytes: float) -> int:
@@ -149,28 +155,28 @@ def _report(n: int) -> None:
 def _shard_members(task: ShardTask, repaired: list, skipped: list, counts: dict):
     """(name, bytes) tar members of every good sample, in plan order; records the others."""
     pending = 0
-    for s in task.samples:
-        try:
-            with open(os.path.join(task.root, s.path), "rb") as f:
-                raw = f.read()
-        except OSError as e:
-            result_status, data, reason = "skipped", b"", f"unreadable: {e.strerror}"
-        else:
-            r = inspect_image(raw, quality=task.quality, max_side=task.max_side)
-            result_status, data, reason = r.status, r.data, r.reason
-        counts[result_status] += 1
-        entry = {"path": s.path, "key": s.key, "reason": reason}
-        if result_status == "skipped":
-            skipped.append(entry)
-        else:
-            if result_status == "repaired":
-                repaired.append(entry)
-            yield f"{s.key}.jpg", data
-            yield f"{s.key}.cls", cls_text(s.label, task.digits)
-        pending += 1
-        if pending == PROGRESS_EVERY:
-            _report(pending)
-            pending = 0
+    with Reader(task.root) as reader:
+        for s in task.samples:
+            try:
+                raw = reader.read(s.path, s.where)
+            except OSError as e:
+                result_status, data, reason = "skipped", b"", f"unreadable: {e.strerror or e}"
+            else:
+                r = inspect_image(raw, quality=task.quality, max_side=task.max_side)
+                result_status, data, reason = r.status, r.data, r.reason
+            counts[result_status] += 1
+            entry = {"path": s.path, "key": s.key, "reason": reason}
+            if result_status == "skipped":
+                skipped.append(entry)
+            else:
+                if result_status == "repaired":
+                    repaired.append(entry)
+                yield f"{s.key}.jpg", data
+                yield f"{s.key}.cls", cls_text(s.label, task.digits)
+            pending += 1
+            if pending == PROGRESS_EVERY:
+                _report(pending)
+                pending = 0
     _report(pending)
 
 
@@ -238,6 +244,21 @@ def our_files(out: Path) -> list[Path]:
     return found
 
 
+def foreign_files(out: Path) -> bool:
+    """OUT holds something other than the member lists of the archives."""
+    return out.is_dir() and any(p.name != INDEX_DIR for p in out.iterdir())
+
+
+def check_out_is_ours(out: Path, overwrite: bool) -> None:
+    """Before the scan writes OUT/.sources: refuse a non-empty OUT that prep did not write."""
+    ours = (out / STATE_DIR / "plan.json").is_file() or (out / "manifest.json").is_file()
+    if foreign_files(out) and not ours and not overwrite:
+        raise PrepError(
+            f"refusing to write into {out}: it is not empty and holds no shards of ours; "
+            "choose another folder, or pass --overwrite to replace its shards"
+        )
+
+
 def prepare_out(out: Path, fp: dict, overwrite: bool) -> str:
     """'fresh', 'resume' or 'complete'; refuses a non-empty OUT made with other options."""
     out.mkdir(parents=True, exist_ok=True)
@@ -251,7 +272,7 @@ def prepare_out(out: Path, fp: dict, overwrite: bool) -> str:
             previous = json.loads(manifest.read_text()).get("fingerprint")
     if previous == fp:
         return "complete" if not state.is_file() else "resume"
-    if any(out.iterdir()) and not overwrite:
+    if foreign_files(out) and not overwrite:
         if previous is None:
             why = "it is not empty and holds no shards of ours"
         else:
@@ -336,10 +357,15 @@ def build_manifest(scanned: Scan, fp: dict, options: PrepOptions, records: list[
             "repaired": [e for r in mine for e in r["repaired"]],
             "skipped": [e for r in mine for e in r["skipped"]],
         }
+    source: dict = {"data_dir": scanned.root, "layout": scanned.layout}
+    if scanned.archives:
+        source["archives"] = [
+            {"name": os.path.basename(a), "bytes": os.path.getsize(a)} for a in scanned.archives
+        ]
     return {
         "format": "webdataset+dali-index",
         "format_version": FORMAT_VERSION,
-        "source": {"data_dir": scanned.root, "layout": scanned.layout},
+        "source": source,
         "options": asdict(options),
         "num_classes": len(scanned.classes),
         "cls_digits": cls_digits(len(scanned.classes)),
@@ -393,21 +419,26 @@ def print_summary(manifest: dict, out: Path, seconds: float) -> None:
 
 
 def build(
-    data_dir: str | Path,
+    data_dir: str | Path | None,
     out_dir: str | Path,
     options: PrepOptions = PrepOptions(),
     *,
     val_labels: str | Path | None = None,
+    archives: ArchivePaths = NO_ARCHIVES,
     workers: int | None = None,
     overwrite: bool = False,
     strict: bool = False,
 ) -> dict:
-    """Convert DATA into shards in OUT (resuming where a previous run stopped); the manifest."""
+    """Convert DATA (or the archives) into shards in OUT (resuming where a previous run
+    stopped); the manifest."""
     start = time.time()
-    scanned = scan(data_dir, val_labels)
+    out = Path(out_dir).resolve()
+    workers = workers or os.cpu_count() or 1
+    check_out_is_ours(out, overwrite)
+    scanned = scan(data_dir, val_labels, archives=archives, index_dir=out / INDEX_DIR,
+                   workers=workers)  # fmt: skip
     shards = plan(scanned, options)
     fp = fingerprint(scanned, options, shards)
-    out = Path(out_dir).resolve()
     state = prepare_out(out, fp, overwrite)
     if state == "complete":
         manifest = json.loads((out / "manifest.json").read_text())
@@ -423,7 +454,7 @@ def build(
     tasks, done_images = pending_tasks(scanned, shards, out, options)
     total = sum(len(s) for split in SPLITS for s in shards[split])
     n_shards = sum(len(shards[s]) for s in SPLITS)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
+    workers = max(1, min(workers, len(tasks) or 1))
     print(
         f"prep: layout {scanned.layout}, {len(scanned.classes)} classes, "
         f"{len(scanned.splits['train'])} train and {len(scanned.splits['val'])} val images "

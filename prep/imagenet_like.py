@@ -3,7 +3,8 @@
 Crops of the photographs that scikit-image ships (astronaut, cat, coffee, rocket, ...), with
 varied crop boxes, scales, orientations and colour gains, saved as JPEGs of about 500x375 at
 quality about 92: about what ImageNet's images are (about 500x375 and 110 KB on average).
-Needs scikit-image (the dev extra).
+Needs scikit-image (the dev extra). write_archives and write_kaggle_zip pack such a tree
+as the downloads come (nested tars and the devkit; Kaggle's zip).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import io
 import multiprocessing as mp
 import random
+import tarfile
+import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache, partial
 from pathlib import Path
@@ -164,3 +167,99 @@ def write_imagenet_like(
         csv_rows = "".join(r for class_rows in rows for r in class_rows)
         (root / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + csv_rows)
     return classes
+
+
+# ---------------------------------------------------------------- the downloads' structure
+
+SYNSET_FIELDS = ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children",
+                 "wordnet_height", "num_train_images")  # fmt: skip
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 1_300_000_000, 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _tar_bytes(files: list[Path]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for f in files:
+            _add_bytes(tar, f.name, f.read_bytes())
+    return buffer.getvalue()
+
+
+def meta_mat(wnid_of_id: dict[int, str], internal_nodes: int) -> bytes:
+    """A meta.mat with the fields and shape of the devkit's (leaves, then internal nodes)."""
+    from scipy.io import savemat
+
+    ids = sorted(wnid_of_id)
+    rows = [
+        (np.uint16(i), wnid_of_id[i], f"class {i}", "a leaf synset", np.uint8(0),
+         np.zeros((1, 0)), np.uint8(0), np.uint16(1300))
+        for i in ids
+    ]  # fmt: skip
+    for j in range(internal_nodes):  # each internal node has every leaf as a child
+        rows.append((np.uint16(max(ids) + j + 1), f"n{9000000 + j:08d}", f"node {j}",
+                     "an internal WordNet node", np.uint8(len(ids)),
+                     np.array([ids], dtype=np.float64), np.uint8(j + 1),
+                     np.uint16(0)))  # fmt: skip
+    synsets = np.zeros((len(rows), 1), dtype=[(f, object) for f in SYNSET_FIELDS])
+    for i, row in enumerate(rows):
+        synsets[i, 0] = row
+    buffer = io.BytesIO()
+    savemat(buffer, {"synsets": synsets})
+    return buffer.getvalue()
+
+
+def write_devkit(path: Path, wnid_of_id: dict[int, str], truth: list[int], internal: int) -> None:
+    """ILSVRC2012_devkit_t12.tar.gz: data/meta.mat and the val ground truth."""
+    with tarfile.open(path, "w:gz") as tar:
+        _add_bytes(tar, "ILSVRC2012_devkit_t12/COPYING", b"devkit for tests\n")
+        _add_bytes(tar, "ILSVRC2012_devkit_t12/data/meta.mat", meta_mat(wnid_of_id, internal))
+        text = "".join(f"{i}\n" for i in truth).encode()
+        _add_bytes(tar, "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt", text)
+
+
+def class_files(folder: Path) -> list[Path]:
+    """Every file of a class folder, in an order other than sorted (as archives may hold them)."""
+    return sorted((p for p in folder.iterdir() if p.is_file()), key=lambda p: p.name[::-1])
+
+
+def write_archives(folders: str | Path, dest: str | Path, *, internal_nodes: int = 3) -> None:
+    """Pack layout-A folders (train/<wnid>/, val/<wnid>/) as image-net.org ships them:
+    ILSVRC2012_img_train.tar of class tars, a flat ILSVRC2012_img_val.tar and the devkit, whose
+    ILSVRC2012_IDs follow another order than the sorted WordNet ids, as the real ones do."""
+    folders, dest = Path(folders), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    classes = sorted(p.name for p in (folders / "train").iterdir() if p.is_dir())
+    with tarfile.open(dest / "ILSVRC2012_img_train.tar", "w", format=tarfile.GNU_FORMAT) as tar:
+        for wnid in classes:
+            _add_bytes(tar, f"{wnid}.tar", _tar_bytes(class_files(folders / "train" / wnid)))
+    id_of = {wnid: len(classes) - i for i, wnid in enumerate(classes)}  # reversed
+    val = {p.name: id_of[p.parent.name] for p in (folders / "val").glob("*/*") if p.is_file()}
+    with tarfile.open(dest / "ILSVRC2012_img_val.tar", "w", format=tarfile.GNU_FORMAT) as tar:
+        for path in sorted((folders / "val").glob("*/*"), key=lambda p: p.name[::-1]):
+            _add_bytes(tar, path.name, path.read_bytes())
+    truth = [val[name] for name in sorted(val)]
+    wnid_of_id = {i: wnid for wnid, i in id_of.items()}
+    write_devkit(dest / "ILSVRC2012_devkit_t12.tar.gz", wnid_of_id, truth, internal_nodes)
+
+
+def write_kaggle_zip(folders: str | Path, path: str | Path) -> None:
+    """Pack layout-A folders as Kaggle's imagenet-object-localization-challenge.zip: the
+    first class stored, the others deflated, the val images flat with LOC_val_solution.csv."""
+    folders = Path(folders)
+    classes = sorted(p.name for p in (folders / "train").iterdir() if p.is_dir())
+    base = "ILSVRC/Data/CLS-LOC"
+    rows = []
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("LOC_synset_mapping.txt", "".join(f"{w} class\n" for w in classes))
+        for label, wnid in enumerate(classes):
+            method = zipfile.ZIP_STORED if label == 0 else zipfile.ZIP_DEFLATED
+            for f in class_files(folders / "train" / wnid):
+                z.writestr(f"{base}/train/{wnid}/{f.name}", f.read_bytes(), method)
+        for f in sorted((folders / "val").glob("*/*"), key=lambda p: p.name[::-1]):
+            z.writestr(f"{base}/val/{f.name}", f.read_bytes(), zipfile.ZIP_DEFLATED)
+            rows.append(f"{f.stem},{f.parent.name} 1 2 30 40\n")
+        z.writestr("LOC_val_solution.csv", "ImageId,PredictionString\n" + "".join(rows))

@@ -1,4 +1,5 @@
-"""Find the ImageNet layout under DATA and list every image of each split with its label.
+"""The extracted-folder layouts: list every image of each split with its label; the samples
+and scans that every layout (archives included: prep/sources.py) makes.
 
 Layouts:
 - A: DATA/train/<wnid>/*.JPEG and DATA/val/<wnid>/*.JPEG (class folders).
@@ -11,11 +12,13 @@ Class indices are the sorted class-folder names, as torchvision's ImageFolder as
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from prep.archives import Location
 from prep.errors import PrepError
 
 # torchvision's ImageFolder extensions; anything else (.DS_Store, .txt, ...) is ignored.
@@ -32,15 +35,17 @@ class Sample:
     path: str  # relative to the data root
     key: str  # WebDataset key: the file stem, with characters outside [A-Za-z0-9_-] as "_"
     label: int
+    where: Location | None = None  # inside an archive; None: the file root/path
 
 
 @dataclass(frozen=True)
 class Scan:
     root: str
-    layout: str  # "A", "B" or "C"
+    layout: str  # "A", "B", "C" (folders), "D" (image-net.org archives) or "E" (Kaggle zip)
     classes: list[str]
     splits: dict[str, list[Sample]]  # "train" (sorted by class, then path), "val" (by key)
     ignored: int  # non-image files seen and ignored
+    archives: tuple[str, ...] = ()  # the archives read (absolute paths); () for folders
 
 
 def is_image(name: str) -> bool:
@@ -73,9 +78,14 @@ def read_val_labels(path: Path) -> dict[str, str]:
     """`filename wnid` lines (layout C) or the Kaggle CSV (layout B) -> {filename or stem: wnid}."""
     if not path.is_file():
         raise PrepError(f"val labels file {path} does not exist")
+    return parse_val_labels(path.read_text(), str(path))
+
+
+def parse_val_labels(text: str, path: str) -> dict[str, str]:
+    """The text of a val labels file (`filename wnid` lines, or a .csv: Kaggle's CSV)."""
     labels: dict[str, str] = {}
-    with open(path, newline="") as f:
-        if path.suffix.lower() == ".csv":
+    with io.StringIO(text, newline="") as f:
+        if path.lower().endswith(".csv"):
             reader = csv.DictReader(f)
             if not reader.fieldnames or not {"ImageId", "PredictionString"} <= set(
                 reader.fieldnames
@@ -164,18 +174,19 @@ def scan_val_folders(val: Path, root: Path, class_index: dict[str, int]) -> tupl
     return samples, ignored
 
 
-def scan_val_flat(val: Path, root: Path, labels_file: Path, class_index: dict[str, int]):
-    labels = read_val_labels(labels_file)
-    images, ignored = list_images(val)
-    samples, unlabelled, unknown = [], [], []
-    for p in images:
-        wnid = labels.get(p.name, labels.get(p.stem))
+def flat_labels(
+    names: list[str], labels: dict[str, str], labels_file: str, class_index: dict[str, int]
+) -> list[int]:
+    """The class index of each image of a flat val folder or archive, by its labels file."""
+    found, unlabelled, unknown = [], [], []
+    for name in names:
+        wnid = labels.get(name, labels.get(os.path.splitext(name)[0]))
         if wnid is None:
-            unlabelled.append(p.name)
+            unlabelled.append(name)
         elif wnid not in class_index:
-            unknown.append(f"{p.name} ({wnid})")
+            unknown.append(f"{name} ({wnid})")
         else:
-            samples.append(Sample(str(p.relative_to(root)), sample_key(p.name), class_index[wnid]))
+            found.append(class_index[wnid])
     if unlabelled:
         raise PrepError(
             f"{len(unlabelled)} val images have no label in {labels_file}, "
@@ -186,6 +197,17 @@ def scan_val_flat(val: Path, root: Path, labels_file: Path, class_index: dict[st
             f"{len(unknown)} val images are labelled with a class that is not a train class "
             f"folder, e.g. {', '.join(unknown[:5])}"
         )
+    return found
+
+
+def scan_val_flat(val: Path, root: Path, labels_file: Path, class_index: dict[str, int]):
+    images, ignored = list_images(val)
+    names = [p.name for p in images]
+    labels = flat_labels(names, read_val_labels(labels_file), str(labels_file), class_index)
+    samples = [
+        Sample(str(p.relative_to(root)), sample_key(p.name), label)
+        for p, label in zip(images, labels, strict=True)
+    ]
     return samples, ignored
 
 
@@ -202,22 +224,24 @@ def check_unique_keys(split: str, samples: list[Sample]) -> None:
         seen[s.key] = s.path
 
 
-def scan(data_dir: str | Path, val_labels: str | Path | None = None) -> Scan:
-    """Find the layout and list both splits. Raises PrepError with a clear message."""
-    root = Path(data_dir).resolve()
-    labels_path = Path(val_labels).resolve() if val_labels else None
-    layout, train, val, labels_file = find_folders(root, labels_path)
+def checked_splits(train: list[Sample], val: list[Sample], where: object) -> dict:
+    """{"train": train, "val": val sorted by key}, after the checks every layout shares."""
+    if not val:
+        raise PrepError(f"no val images in {where}")
+    val = sorted(val, key=lambda s: s.key)
+    for split, samples in (("train", train), ("val", val)):
+        check_unique_keys(split, samples)
+    return {"train": train, "val": val}
+
+
+def scan_folders(root: Path, val_labels: Path | None) -> Scan:
+    """Layouts A, B and C: list both splits of the class folders under root."""
+    layout, train, val, labels_file = find_folders(root, val_labels)
     classes, train_samples, ignored = scan_train(train, root)
     class_index = {wnid: i for i, wnid in enumerate(classes)}
     if labels_file is None:
         val_samples, more = scan_val_folders(val, root, class_index)
     else:
         val_samples, more = scan_val_flat(val, root, labels_file, class_index)
-    if not val_samples:
-        raise PrepError(f"no val images in {val}")
-    val_samples.sort(key=lambda s: s.key)
-    for split, samples in (("train", train_samples), ("val", val_samples)):
-        check_unique_keys(split, samples)
-    return Scan(
-        str(root), layout, classes, {"train": train_samples, "val": val_samples}, ignored + more
-    )
+    splits = checked_splits(train_samples, val_samples, val)
+    return Scan(str(root), layout, classes, splits, ignored + more)

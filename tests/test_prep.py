@@ -20,7 +20,7 @@ from PIL import Image
 from prep.__main__ import main as prep_main
 from prep.build import PrepOptions, build, default_shard_size
 from prep.errors import PrepError
-from prep.layout import scan
+from prep.sources import scan
 from prep.verify import verify
 from tests.conftest import TINY, make_tiny_imagenet
 
@@ -346,14 +346,16 @@ def test_verify_catches_a_wrong_index_and_a_missing_shard(tiny_shards, copy_of):
 
 @pytest.mark.slow
 def test_resume_after_kill_9_gives_identical_shards(tmp_path):
-    from prep.imagenet_like import write_imagenet_like
+    """Killed and resumed from the downloaded archives: the shards of the folders."""
+    from prep.imagenet_like import write_archives, write_imagenet_like
 
     root = tmp_path / "data"
     write_imagenet_like(root, num_classes=3, train_per_class=30, val_per_class=4)
+    write_archives(root, tmp_path / "downloads")
     reference = tmp_path / "reference"
     build(root, reference, PrepOptions(shard_size=4), workers=1)
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "prep", str(root), str(out), "--shard-size", "4"]
+    cmd = [sys.executable, "-m", "prep", str(tmp_path / "downloads"), str(out), "--shard-size", "4"]
     proc = subprocess.Popen(
         [*cmd, "--workers", "1"],
         cwd=ROOT,
