@@ -9,6 +9,12 @@ DALI ?= auto
 DEPTH ?= 50
 SD ?= 0
 GPUS ?= 1
+# Several nodes: make train NODES=2 RDZV=head-node:29500 on every node (torchrun's c10d rendezvous).
+NODES ?= 1
+RDZV ?=
+RDZV_ID ?= $(or $(SLURM_JOB_ID),imagenet-sd)
+# torchrun restarts the whole group this many times after a failure; the trainer resumes by itself.
+MAX_RESTARTS ?= 0
 DATA ?=
 SHARDS ?= shards
 OUT ?= results/rn$(DEPTH)-sd$(SD)
@@ -17,7 +23,7 @@ ARGS ?=
 # Install only when the default interpreter (the venv) is used.
 INSTALL_DEP := $(if $(filter $(VENV_PYTHON),$(PYTHON)),install)
 
-.PHONY: install test test-slow test-gpu lint models shards verify-shards bench-prep bench-input bench-train train evaluate compare demo
+.PHONY: install test test-slow test-gpu lint models shards verify-shards bench-prep bench-input bench-train bench-checkpoint train evaluate compare demo
 
 install: .venv/.installed
 
@@ -74,9 +80,18 @@ bench-input: $(INSTALL_DEP)
 bench-train: $(INSTALL_DEP)
 	$(PYTHON) -m train.bench train --depth $(DEPTH) $(if $(filter-out shards,$(SHARDS)),--shards "$(SHARDS)") $(ARGS)
 
-# Train with torchrun on GPUS GPUs of this machine (python -m train alone: one process).
+# Seconds to save last.pt (ResNet-DEPTH) into OUT's folder, and its share of the run per interval.
+bench-checkpoint: $(INSTALL_DEP)
+	$(PYTHON) -m train.bench checkpoint --depth $(DEPTH) --out "$(dir $(OUT))" $(ARGS)
+
+# Train with torchrun on GPUS GPUs of this machine, or of each of NODES nodes meeting at RDZV
+# (python -m train alone: one process). TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: every restart
+# attempt gets a fresh store (see train/environment.py).
 train: $(INSTALL_DEP)
-	$(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS) -m train \
+	@test "$(NODES)" = 1 -o -n "$(RDZV)" || { echo "make train NODES=$(NODES) needs RDZV=host:port (the first node's address, the same on every node)"; exit 2; }
+	TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 $(PYTHON) -m torch.distributed.run \
+	  $(if $(RDZV),--nnodes=$(NODES) --rdzv_backend=c10d --rdzv_endpoint=$(RDZV) --rdzv_id=$(RDZV_ID),--standalone) \
+	  --nproc_per_node=$(GPUS) --max_restarts=$(MAX_RESTARTS) -m train \
 	  --data_dir "$(SHARDS)" --out "$(OUT)" --depth $(DEPTH) --sd $(SD) $(ARGS)
 
 # Top-1/top-5/loss of a checkpoint or a torchvision .pth on the val shards (GPUS processes).

@@ -399,21 +399,8 @@ def test_tar_header_equals_tarfiles_ustar_header():
         tar_header("x" * 101, 1)
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 400 KB tmpfs (needs root, as CI has), grown later by remounting."""
-    mount_point = tmp_path / "small_disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount_point)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    yield mount_point
-    subprocess.run(["umount", str(mount_point)], check=False)
-
-
-def test_a_full_disk_is_a_clear_error_and_the_rerun_completes(tmp_path, small_disk):
+def test_a_full_disk_is_a_clear_error_and_the_rerun_completes(tmp_path, tmpfs):
+    small_disk = tmpfs("400k")  # grown later by remounting
     from prep.imagenet_like import write_imagenet_like
 
     root = tmp_path / "data"

@@ -1,4 +1,5 @@
-"""Benchmarks: `make bench-input` (the input pipeline) and `make bench-train` (training).
+"""Benchmarks: `make bench-input` (the input pipeline), `make bench-train` (training) and
+`make bench-checkpoint` (what a save of last.pt costs).
 
 train: steady-state training images/s of one rank (forward, backward, optimizer step) with
 synthetic input on the device and with DALI input, in the same run, for each stochastic-depth
@@ -9,6 +10,11 @@ input: steady-state images/s of the DALI train pipeline on the device it would t
 against, in the same run, on the same shards and with the same number of CPU workers, the
 pipeline users would otherwise pick: torchvision transforms (RandomResizedCrop, flip,
 ColorJitter, normalize) on PIL images in a torch DataLoader (shards read with webdataset).
+
+checkpoint: seconds to save the trainer's last.pt (weights, momentum, scaler, RNG states,
+config; the average too with --ema) as the trainer does (torch.save, fsync, rename), against,
+in the same run, a bare write + fsync of as many bytes to the same folder; and what share of
+a run's time a save every M minutes costs (--checkpoint_every_minutes).
 """
 
 from __future__ import annotations
@@ -315,10 +321,65 @@ def print_train_table(rows: list[dict]) -> None:
                 print(f"{size} px: SD {r['sd']} / SD off (synthetic): {gain:.2f}x")
 
 
+def bench_checkpoint(args: argparse.Namespace) -> dict:
+    import statistics
+    import tempfile
+
+    from train.checkpoint import Progress, save, training_state
+    from train.config import TrainConfig, derive
+    from train.ema import build_average, step_decay
+    from train.model import standalone_run
+    from train.optimizer import add_momentum_buffers
+
+    cfg = TrainConfig(depth=args.depth, ema=args.ema, device=args.device)
+    d = derive(cfg, 0, 1, 0)
+    run = standalone_run(cfg, d, 1000)
+    add_momentum_buffers(run.optimizer)  # as after the first step: the momentum is saved too
+    if cfg.ema:
+        run.ema = build_average(run.model, step_decay(cfg.ema_halflife, 5005))
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    saves, floors = [], []
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        target = Path(tmp) / "last.pt"
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            save(target, training_state(run, Progress(), 1000))
+            saves.append(time.perf_counter() - start)
+            size = target.stat().st_size
+            blob = os.urandom(size)
+            start = time.perf_counter()
+            with open(Path(tmp) / "floor.bin", "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            floors.append(time.perf_counter() - start)
+    seconds, floor = statistics.median(saves), statistics.median(floors)
+    what = f"ResNet-{args.depth}{' + EMA' if args.ema else ''}"
+    print(f"\nbench-checkpoint: {what} last.pt, {size / 1e6:.0f} MB, on {args.device}, into "
+          f"{folder}, median of {args.rounds}")  # fmt: skip
+    print(f"save as the trainer does: {seconds:.2f} s; bare write + fsync: {floor:.2f} s "
+          f"(save / bare write: {seconds / floor:.2f}x)")  # fmt: skip
+    shares = {m: seconds / (60 * m) for m in (1, 2, 5, 10, 30)}
+    print("share of the run's time, a save every M minutes: "
+          + ", ".join(f"{m} min {100 * s:.2f}%" for m, s in shares.items()))  # fmt: skip
+    return {
+        "benchmark": "checkpoint",
+        "date": date.today().isoformat(),
+        "machine": machine_facts(torch.device(args.device), 1),
+        "depth": args.depth,
+        "ema": args.ema,
+        "bytes": size,
+        "save_seconds": [round(s, 3) for s in saves],
+        "bare_write_seconds": [round(s, 3) for s in floors],
+        "share_by_minutes": {m: round(s, 5) for m, s in shares.items()},
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["input", "train"], help="which benchmark")
+    p.add_argument("what", choices=["input", "train", "checkpoint"], help="which benchmark")
     p.add_argument("--shards", help="shards folder (default: generate the ImageNet-like set)")
     p.add_argument("--device", default=default_device, help=f"default: {default_device}")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="CPU workers for both")
@@ -337,6 +398,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sd", default="off", help="train: SD modes to time, e.g. off,batch,sample")
     p.add_argument("--compile", action="store_true", help="train: torch.compile the model")
     p.add_argument("--fp32", action="store_true", help="train: no mixed precision")
+    p.add_argument("--rounds", type=int, default=5, help="checkpoint: saves timed")
+    p.add_argument("--out", default="results", help="checkpoint: the folder saved into")
     args = p.parse_args(argv)
     if args.image_size is None:
         args.image_size = 224 if args.device.startswith("cuda") or args.what == "input" else 128
@@ -347,9 +410,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    result = bench_input(args) if args.what == "input" else bench_train(args)
+    bench = {"input": bench_input, "train": bench_train, "checkpoint": bench_checkpoint}
+    result = bench[args.what](args)
     kind = "gpu" if args.device.startswith("cuda") else "cpu"
-    name = args.what if args.what == "input" else f"train-rn{args.depth}"
+    name = args.what if args.what == "input" else f"{args.what}-rn{args.depth}"
     path = Path(args.json or f"benchmarks/results/{name}-{kind}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from train.config import to_dict
-from train.logs import code_version
+from train.logs import code_version, say
 from train.loop import Run
 
 
@@ -24,7 +25,7 @@ class Progress:
 
     epoch: int = 0  # epochs completed, or the epoch in progress when batches_done > 0
     batches_done: int = 0  # of that epoch in progress
-    totals: torch.Tensor | None = None  # its running (loss sum, correct, samples) on rank 0
+    totals: torch.Tensor | None = None  # its running (loss sum, correct, samples), all ranks
     seconds: float = 0.0  # its training seconds so far
     history: list[dict] = field(default_factory=list)  # a row per finished epoch
     best_top1: float = -1.0
@@ -52,12 +53,28 @@ def training_state(run: Run, progress: Progress, num_classes: int) -> dict:
     }
 
 
-def save_training(out: Path, run: Run, progress: Progress, num_classes: int, best: bool) -> None:
-    """OUT/last.pt, and OUT/best.pt too when `best`."""
+def save_training(out: Path, run: Run, progress: Progress, num_classes: int, best: bool) -> bool:
+    """OUT/last.pt, and OUT/best.pt too when `best`. A failed write (a full disk) leaves the
+    previous files as they were and says so: the run goes on. Whether both were saved."""
     state = training_state(run, progress, num_classes)
-    save(out / "last.pt", state)
-    if best:
-        save(out / "best.pt", state)
+    run.saved_at = time.monotonic()
+    for path in [out / "last.pt"] + ([out / "best.pt"] if best else []):
+        try:
+            save(path, state)
+        except OSError as e:
+            say(
+                run.d,
+                f"warning: could not save {path}: {e.strerror or e}; the previous {path.name} "
+                "is kept and the run goes on (free some space: the next save tries again)",
+            )
+            return False
+    return True
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Temporary checkpoint files of a process killed while saving (the saved ones are whole)."""
+    for tmp in out.glob(".*.pt.tmp.*"):
+        tmp.unlink(missing_ok=True)
 
 
 def rng_state(model) -> dict:
@@ -87,7 +104,12 @@ def save(path: str | os.PathLike, checkpoint: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
+            try:
+                torch.save(checkpoint, f)
+            except RuntimeError as e:  # torch's zip writer hides a failed write behind this
+                if isinstance(e.__context__, OSError):
+                    raise e.__context__ from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -283,7 +283,7 @@ def run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -
     cfg = eval_config(args, weights, world_size)
     check(cfg, world_size)
     d = derive(cfg, rank, world_size, local_rank)
-    start_process_group(d)
+    start_process_group(d, cfg.dist_timeout_minutes)
     model = build_resnet(weights.depth, variant=weights.variant, num_classes=weights.num_classes)
     model.load_state_dict(weights.state_dict)
     model.to(d.device)

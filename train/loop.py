@@ -35,7 +35,8 @@ class NonFiniteLoss(Exception):
 
 
 class Interrupted(Exception):
-    """A stop was requested (SIGTERM, SIGINT): the epoch stopped after `batches_done`."""
+    """A stop was requested (SIGTERM, SIGINT): the epoch stopped after `batches_done`;
+    `totals` are the running totals summed over the ranks."""
 
     def __init__(self, batches_done: int, totals: torch.Tensor, seconds: float) -> None:
         super().__init__("interrupted")
@@ -57,6 +58,17 @@ class Run:
     plan: StepPlan
     ema: WeightAverage | None = None  # --ema: updated after every optimizer step
     stop_requested: list = field(default_factory=lambda: [False])  # [False] or [signal name]
+    saved_at: float = field(default_factory=time.monotonic)  # when last.pt was last saved
+
+    def save_due(self) -> bool:
+        """Rank 0's clock says a time-based save of last.pt is due (--checkpoint_every_minutes)."""
+        minutes = self.cfg.checkpoint_every_minutes
+        return minutes > 0 and time.monotonic() - self.saved_at >= 60 * minutes
+
+
+# What the epoch loop calls to save last.pt mid-epoch: (batches done, totals summed over the
+# ranks, seconds of training in the epoch so far) -> None.
+SavePosition = Callable[[int, torch.Tensor, float], None]
 
 
 def mixup(images, labels, alpha: float):
@@ -73,12 +85,23 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def stop_agreed(run: Run) -> bool:
-    """Whether any rank was asked to stop (all ranks must stop at the same step)."""
-    flag = torch.tensor([float(bool(run.stop_requested[0]))], device=run.d.device)
+def agreed_actions(run: Run) -> tuple[bool, bool]:
+    """(stop: any rank was asked to stop, save: rank 0's clock says a save is due), the same
+    on every rank, so that all stop or save at the same step: one all-reduce."""
+    save = run.d.rank == 0 and run.save_due()
+    flags = torch.tensor([float(bool(run.stop_requested[0])), float(save)], device=run.d.device)
     if run.d.world_size > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    stop, save = flags.tolist()
+    return bool(stop), bool(save)
+
+
+def summed_over_ranks(totals: torch.Tensor, d: Derived) -> torch.Tensor:
+    """A copy of this rank's running totals summed over the ranks (what a checkpoint keeps)."""
+    summed = totals.clone()
+    if d.world_size > 1:
+        dist.all_reduce(summed)
+    return summed
 
 
 def train_step(run: Run, images, labels, boundary: bool):
@@ -119,12 +142,17 @@ def train_one_epoch(
     start_batch: int = 0,
     totals: torch.Tensor | None = None,
     seconds_before: float = 0.0,
+    save_position: SavePosition | None = None,
 ) -> dict:
-    """Train one epoch from batch `start_batch` on; returns the epoch's train metrics."""
+    """Train one epoch from batch `start_batch` on; returns the epoch's train metrics.
+    Resumed mid-epoch, `totals` are the saved ones, summed over the ranks: rank 0 carries
+    them on. At a log point where a save is due, save_position saves last.pt."""
     cfg, d = run.cfg, run.d
     run.train_model.train()
     # (loss sum, correct, samples) of this rank, on the device
-    totals = torch.zeros(3, device=d.device) if totals is None else totals.to(d.device)
+    if totals is None or d.rank != 0:
+        totals = torch.zeros(3, device=d.device)
+    totals = totals.to(d.device)
     bad_step = torch.full((), -1, dtype=torch.long, device=d.device)
     last = run.plan.batches_per_epoch - (2 if run.plan.skip_last_batch else 1)  # last used
     bar = epoch_bar(run, epoch, last + 1, start_batch)
@@ -155,9 +183,14 @@ def train_one_epoch(
             images_seen = (done - start_batch) * d.micro_batch * d.world_size
             rate = images_seen / (time.perf_counter() - start)
             log_point(run, bar, (epoch, step, done), bad_step, loss, lr, rate)
-            if stop_agreed(run):
-                bar.close()
-                raise Interrupted(done, totals, seconds_before + time.perf_counter() - start)
+            stop, save = agreed_actions(run)
+            if stop or (save and i != last and save_position is not None):
+                summed = summed_over_ranks(totals, d)
+                seconds = seconds_before + time.perf_counter() - start
+                if stop:
+                    bar.close()
+                    raise Interrupted(done, summed, seconds)
+                save_position(done, summed, seconds)
     bar.close()
     if d.device.type == "cuda":
         torch.cuda.synchronize(d.device)

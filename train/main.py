@@ -16,11 +16,12 @@ import shutil
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch.distributed as dist
 
-from train.checkpoint import Progress, save_training
+from train.checkpoint import Progress, remove_stale_temporaries, save_training
 from train.config import (
     DEFAULT_WARMUP_EPOCHS,
     ConfigError,
@@ -36,8 +37,10 @@ from train.ema import build_average, step_decay
 from train.environment import (
     ReplicaError,
     check_replicas,
+    check_same_flags,
     dist_env,
     end_process_group,
+    peer_failure,
     start_process_group,
 )
 from train.inputs import train_batches, val_batches
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             return print_plan(cfg, world_size)
         facts = checked_facts(cfg, world_size)
         d = derive(cfg, rank, world_size, local_rank)
-        start_process_group(d)
+        start_process_group(d, cfg.dist_timeout_minutes)
+        check_same_flags(cfg, d)
         data_dir = cfg.data_dir
         if cfg.cache and facts["manifest"] is not None:
             data_dir, cached = cache_shards(cfg.data_dir, d, facts["manifest"])
@@ -81,6 +85,16 @@ def main(argv: list[str] | None = None) -> int:
         return failed(rank, e, 2)
     except (NonFiniteLoss, ReplicaError) as e:
         return failed(rank, e, 3)
+    except RuntimeError as e:  # a peer stopped answering (hung, stopped, died)
+        if world_size == 1 or not peer_failure(e):
+            raise
+        print(
+            f"train: error: rank {rank}: {peer_failure(e)} (--dist_timeout_minutes "
+            f"{cfg.dist_timeout_minutes:g}); under torchrun --max_restarts the group restarts "
+            "and resumes from last.pt, else rerun the same command",
+            file=sys.stderr,
+        )
+        return 4
     finally:
         if cached is not None:
             shutil.rmtree(cached, ignore_errors=True)
@@ -107,6 +121,8 @@ def failed(rank: int, error: Exception, code: int) -> int:
 def train(cfg: TrainConfig, d: Derived, facts: dict, data_dir: str) -> int:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    if d.rank == 0:
+        remove_stale_temporaries(out)
     num_classes = facts["num_classes"]
     ckpt = checkpoint_to_resume(cfg, d, out, num_classes)
     model, train_model, optimizer, scaler = build_training(cfg, d, num_classes)
@@ -147,6 +163,7 @@ def train(cfg: TrainConfig, d: Derived, facts: dict, data_dir: str) -> int:
                     start_batch=progress.batches_done,
                     totals=progress.totals,
                     seconds_before=progress.seconds,
+                    save_position=partial(save_mid_epoch, run, out, progress, epoch, num_classes),
                 )
             except Interrupted as stop:
                 return stopped(run, out, epoch, stop, progress, num_classes)
@@ -225,6 +242,25 @@ def run_summary(run: Run, progress: Progress, started: float) -> dict:
     )
 
 
+def save_mid_epoch(
+    run: Run,
+    out: Path,
+    progress: Progress,
+    epoch: int,
+    num_classes: int,
+    batches_done: int,
+    totals,
+    seconds: float,
+) -> None:
+    """--checkpoint_every_minutes: last.pt at this batch of the epoch (rank 0 writes it)."""
+    position = replace(
+        progress, epoch=epoch, batches_done=batches_done, totals=totals, seconds=seconds
+    )
+    if run.d.rank == 0:
+        save_training(out, run, position, num_classes, best=False)
+    run.saved_at = time.monotonic()
+
+
 def stopped(
     run: Run, out: Path, epoch: int, stop: Interrupted, progress: Progress, num_classes: int
 ) -> int:
@@ -236,12 +272,12 @@ def stopped(
         totals=stop.totals,
         seconds=stop.seconds,
     )
-    if run.d.rank == 0:
-        save_training(out, run, progress, num_classes, best=False)
+    saved = save_training(out, run, progress, num_classes, best=False) if run.d.rank == 0 else True
+    where = f"saved {out / 'last.pt'}" if saved else "could not save it (see above)"
     say(
         run.d,
-        f"stopped by a signal at epoch {epoch + 1}, batch {stop.batches_done}; saved "
-        f"{out / 'last.pt'}: rerun the same command to resume",
+        f"stopped by a signal at epoch {epoch + 1}, batch {stop.batches_done}; {where}: rerun "
+        "the same command to resume",
     )
     return exit_code(run)
 

@@ -42,9 +42,12 @@ def cache_shards(data_dir: str, d: Derived, manifest: dict) -> tuple[str, Path |
             f"{free / 1e9:.1f} GB free; reading {data_dir} directly",
         )
         return data_dir, None
-    # The same name on every rank of a node (hash() is salted per process; sha1 is not).
+    # The same name on every rank of a node (hash() is salted per process; sha1 is not), and
+    # another for each node (torchrun's GROUP_RANK): two "nodes" sharing a host (tests, or
+    # two jobs' nodes on one machine) must not write, read and remove the same copy.
     source_id = hashlib.sha1(str(Path(data_dir).resolve()).encode()).hexdigest()[:12]
-    target = RAM_DISK / f"imagenet-shards-{os.getuid()}-{source_id}"
+    node = os.environ.get("GROUP_RANK", "0")
+    target = RAM_DISK / f"imagenet-shards-{os.getuid()}-{source_id}-node{node}"
     if d.world_size > 1:
         dist.barrier()  # every rank has measured the free space before any copying starts
     if d.local_rank == 0:

@@ -15,7 +15,10 @@ from train.optimizer import add_momentum_buffers
 # Changing these on resume would load weights into another network.
 ARCHITECTURE = ("depth", "variant", "sd", "sd_mode", "pL")
 # Flags that say where and how fast a run reads and writes, not what it trains.
-NOT_TRAINING = {"resume", "out", "data_dir", "cache", "workers", "dali", "log_every"}
+NOT_TRAINING = {
+    "resume", "out", "data_dir", "cache", "workers", "dali", "log_every",
+    "checkpoint_every_minutes", "dist_timeout_minutes",
+}  # fmt: skip
 
 
 class ResumeError(Exception):
