@@ -6,6 +6,7 @@ with one uninterrupted run of two ranks."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import socket
@@ -49,18 +50,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def children(pid: int) -> dict[int, list[bytes]]:
+    """{pid: its environment} of the processes whose parent is pid."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            environ = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid:
+            found[int(stat.parent.name)] = environ
+    return found
+
+
 def worker(agent: int, rank: int, deadline: float = 120) -> int:
     """The pid of the worker of torchrun agent `agent` that has RANK=rank."""
     end = time.time() + deadline
     while time.time() < end:
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-                environ = (stat.parent / "environ").read_bytes().split(b"\0")
-            except (OSError, ValueError, IndexError):
-                continue
-            if parent == agent and f"RANK={rank}".encode() in environ:
-                return int(stat.parent.name)
+        for pid, environ in children(agent).items():
+            if f"RANK={rank}".encode() in environ:
+                return pid
         time.sleep(0.1)
     raise AssertionError(f"no worker of rank {rank} under torchrun {agent}")
 
@@ -104,6 +114,34 @@ def test_two_nodes_train_as_one_node_of_two_ranks(tiny_shards, reference, tmp_pa
     copies = [line for o in outputs for line in o.splitlines() if "copied to" in line]
     assert len(copies) == 1 and copies[0].endswith("-node0")  # said by rank 0, on node 0
     assert not list(Path("/dev/shm").glob(f"imagenet-shards-{os.getuid()}-*"))  # removed
+
+
+def two_node_launcher(run_id: str) -> list[str]:
+    return ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+            "--rdzv_endpoint", f"127.0.0.1:{free_port()}", "--rdzv_id", run_id]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_killed_node_ends_the_job_and_the_rerun_resumes(tiny_shards, reference, tmp_path):
+    out = tmp_path / "node_lost"
+    # the survivor's collective may wait for the lost node until --dist_timeout_minutes
+    extra = [*EVERY_LOG_POINT, "--dist_timeout_minutes", "0.25"]
+    cmd = torchrun(two_node_launcher("node-lost"), tiny_shards, out, *extra)
+    nodes = [start(cmd) for _ in range(2)]
+    wait_for(out / "last.pt", nodes[0])
+    for pid in [nodes[1].pid, *children(nodes[1].pid)]:  # the node: its agent and its worker
+        os.kill(pid, signal.SIGKILL)
+    finish(nodes[1])
+    output = finish(nodes[0])
+    assert nodes[0].returncode != 0, output[-3000:]  # the surviving node's job ends
+    saved = checkpoint.load(out / "last.pt")
+    assert saved["epoch"] < 2  # killed mid-run
+    cmd = torchrun(two_node_launcher("node-lost-rerun"), tiny_shards, out, *extra)
+    rerun = [start(cmd) for _ in range(2)]
+    outputs = [finish(node) for node in rerun]
+    assert [n.returncode for n in rerun] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "resuming from" in "".join(outputs)
+    assert_same_run(out, reference)
 
 
 @pytest.mark.slow
@@ -223,3 +261,22 @@ def test_a_rendezvous_endpoint_that_never_answers_is_a_clear_error(tiny_shards, 
     assert proc.returncode != 0
     assert "The connection to the C10d store has failed" in output
     assert time.time() - started < 60  # read_timeout, then torchrun's own retries
+
+
+def test_the_process_group_store_of_a_restartable_run(monkeypatch):
+    """torchrun sharing its store with workers it may restart: one node gets a per-attempt
+    prefix of it (tested end to end above), several nodes are refused with the fix named."""
+    from train.config import ConfigError
+    from train.environment import attempt_store
+
+    timeout = datetime.timedelta(seconds=5)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # a fresh store each attempt
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    assert attempt_store(timeout) is None
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "0")  # never restarted: nothing to mix up
+    assert attempt_store(timeout) is None
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
+        attempt_store(timeout)
