@@ -125,6 +125,8 @@ def find_sources(
         )
     root = Path(data).resolve()
     if root.is_file():
+        if zipfile.is_zipfile(root) and given.devkit is not None:
+            raise PrepError(f"--devkit labels {VAL_TAR}; Kaggle's zip has its own labels")
         if zipfile.is_zipfile(root):
             return Sources("E", root.parent, root, root, None, labels)
         raise PrepError(
@@ -157,7 +159,7 @@ def class_samples(
     """(sorted class ids, train samples by class then name, non-images ignored) from
     {wnid: the members of its class tar or folder}."""
     wnids = sorted(classes)
-    samples, ignored = [], 0
+    samples, ignored, path = [], 0, str(archive)  # one string shared by every location
     for label, wnid in enumerate(wnids):
         members = sorted(classes[wnid], key=lambda e: e.name)
         images = [e for e in members if is_image(os.path.basename(e.name))]
@@ -165,7 +167,7 @@ def class_samples(
         if not images:
             raise PrepError(f"{archive}: {what} {wnid} holds no images")
         samples += [
-            Sample(f"{archive.name}/{e.name}", sample_key(e.name), label, e.location(str(archive)))
+            Sample(f"{archive.name}/{e.name}", sample_key(e.name), label, e.location(path))
             for e in images
         ]
     return wnids, samples, ignored
@@ -201,8 +203,9 @@ def flat_images(members: list[Entry]) -> list[Entry]:
 
 
 def val_samples(images: list[Entry], archive: Path, labels: list[int]) -> list[Sample]:
+    path = str(archive)
     return [
-        Sample(f"{archive.name}/{e.name}", sample_key(e.name), label, e.location(str(archive)))
+        Sample(f"{archive.name}/{e.name}", sample_key(e.name), label, e.location(path))
         for e, label in zip(images, labels, strict=True)
     ]
 

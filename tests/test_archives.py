@@ -215,6 +215,8 @@ def test_wrong_or_missing_inputs_are_one_line_errors(downloads, kaggle_zip, tmp_
                 dst.writestr(info, src.read(info))
     with pytest.raises(PrepError, match="holds no LOC_val_solution.csv.*--val-labels"):
         scan(no_csv)
+    with pytest.raises(PrepError, match="Kaggle's zip has its own labels"):
+        scan(kaggle_zip, archives=ArchivePaths(devkit=downloads / DEVKIT))
     with pytest.raises(PrepError, match="is a file: pass the folder that holds"):
         scan(downloads / TRAIN_TAR)
     with pytest.raises(PrepError, match="--train-tar .* is a folder"):
