@@ -28,6 +28,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from prep.errors import PrepError
+from prep.shardio import write_atomic
 
 INDEX_DIR = ".sources"  # inside OUT: the cached member lists
 INDEX_VERSION = 1
@@ -230,8 +231,6 @@ def load_index(index_dir: Path | None, archive: str) -> list[Entry] | None:
 def save_index(index_dir: Path | None, archive: str, entries: list[Entry]) -> None:
     if index_dir is None:
         return
-    from prep.shardio import write_atomic
-
     index_dir.mkdir(parents=True, exist_ok=True)
     rows = [[e.name, e.offset, e.size, e.packed, e.method, e.crc] for e in entries]
     saved = {"version": INDEX_VERSION, "stamp": archive_stamp(archive), "entries": rows}

@@ -26,7 +26,7 @@ class Devkit:
     ground_truth: list[int]  # the ILSVRC2012_ID of each val image, in file-name order
 
 
-def read_members(path: str) -> dict[str, bytes]:
+def devkit_members(path: str) -> dict[str, bytes]:
     """{META or GROUND_TRUTH: its bytes} of the devkit archive at path (what it holds of them)."""
     found = {}
     try:
@@ -92,7 +92,7 @@ def read_ground_truth(text: str, path: str, num_classes: int) -> list[int]:
 
 
 def read_devkit(path: str) -> Devkit:
-    members = read_members(path)
+    members = devkit_members(path)
     leaves = leaf_synsets(members[META], path)
     truth = members[GROUND_TRUTH].decode()
     return Devkit(leaves, read_ground_truth(truth, path, len(leaves)))

@@ -176,13 +176,10 @@ def class_samples(
 def official_train(entries: list[Entry], archive: Path) -> tuple[list[str], list[Sample], int]:
     """The train split of ILSVRC2012_img_train.tar: its member tars are the classes."""
     tars = [e.name for e in entries if e.name.endswith(".tar") and ".tar/" not in e.name]
-    classes: dict[str, list[Entry]] = {}
-    for name in tars:
-        wnid = os.path.basename(name)[: -len(".tar")]
-        if wnid in classes:
-            raise PrepError(f"{archive} holds two class tars named {wnid}.tar")
-        classes[wnid] = []
     wnid_of_tar = {name: os.path.basename(name)[: -len(".tar")] for name in tars}
+    classes: dict[str, list[Entry]] = {wnid: [] for wnid in wnid_of_tar.values()}
+    if len(classes) != len(tars):
+        raise PrepError(f"{archive} holds two class tars of the same name in other folders")
     ignored = 0
     for e in entries:
         tar, sep, _ = e.name.partition(".tar/")

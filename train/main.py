@@ -86,10 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     except (NonFiniteLoss, ReplicaError) as e:
         return failed(rank, e, 3)
     except RuntimeError as e:  # a peer stopped answering (hung, stopped, died)
-        if world_size == 1 or not peer_failure(e):
+        what = peer_failure(e) if world_size > 1 else None
+        if what is None:
             raise
         print(
-            f"train: error: rank {rank}: {peer_failure(e)} (--dist_timeout_minutes "
+            f"train: error: rank {rank}: {what} (--dist_timeout_minutes "
             f"{cfg.dist_timeout_minutes:g}); under torchrun --max_restarts the group restarts "
             "and resumes from last.pt, else rerun the same command",
             file=sys.stderr,
@@ -252,13 +253,13 @@ def save_mid_epoch(
     totals,
     seconds: float,
 ) -> None:
-    """--checkpoint_every_minutes: last.pt at this batch of the epoch (rank 0 writes it)."""
+    """--checkpoint_every_minutes: last.pt at this batch of the epoch (rank 0 writes it, and
+    its clock restarts there)."""
     position = replace(
         progress, epoch=epoch, batches_done=batches_done, totals=totals, seconds=seconds
     )
     if run.d.rank == 0:
         save_training(out, run, position, num_classes, best=False)
-    run.saved_at = time.monotonic()
 
 
 def stopped(
