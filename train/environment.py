@@ -5,7 +5,7 @@ same flags, and the check that every rank still holds the same weights.
 torchrun restarts a failed group (--max_restarts) with new workers. By default it shares its
 rendezvous store with them (TORCHELASTIC_USE_AGENT_STORE), and the new workers' process
 group then reads keys the previous attempt left there: with gloo, "connectFullMesh failed
-... Connection refused" or a hang, in 4 of 5 restarts tried here. torch's own
+... Connection refused" or a hang, in most restarts tried by hand. torch's own
 switch, TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's environment, gives each attempt
 a fresh store on a port the agents agree on through the rendezvous, on one node or many:
 `make train` and the README's SLURM script set it. Started without it on one node, the
