@@ -57,12 +57,12 @@ lint: $(INSTALL_DEP)
 
 # Parameter count, GFLOPs and survival probabilities of one model.
 models: $(INSTALL_DEP)
-	$(PYTHON) -m models --depth $(DEPTH) $(if $(filter 1,$(SD)),--sd-mode batch)
+	$(PYTHON) -m models --depth $(DEPTH) --sd $(SD)
 
 # ImageNet (the downloaded archives, Kaggle's zip or extracted folders) -> WebDataset shards +
 # DALI indexes + manifest (resumable: rerun after a crash).
 shards: $(INSTALL_DEP)
-	@test -n "$(DATA)" || { echo "usage: make shards DATA=/path/imagenet [SHARDS=shards] [ARGS='--workers 32']"; echo "DATA: the folder of ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz, Kaggle's zip, or extracted folders"; exit 2; }
+	@test -n "$(DATA)" || { echo "usage: make shards DATA=/path/imagenet [SHARDS=shards] [ARGS='--processes 32']"; echo "DATA: the folder of ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz, Kaggle's zip, or extracted folders"; exit 2; }
 	$(PYTHON) -m prep "$(DATA)" "$(SHARDS)" $(ARGS)
 
 verify-shards: $(INSTALL_DEP)
@@ -74,11 +74,11 @@ bench-prep: $(INSTALL_DEP)
 
 # DALI train pipeline images/s against torchvision + PIL in a DataLoader (same shards, workers).
 bench-input: $(INSTALL_DEP)
-	$(PYTHON) -m train.bench input $(if $(filter-out shards,$(SHARDS)),--shards "$(SHARDS)") $(ARGS)
+	$(PYTHON) -m train.bench input $(if $(filter-out shards,$(SHARDS)),--data_dir "$(SHARDS)") $(ARGS)
 
-# Training images/s with synthetic and with DALI input (ARGS="--sd off,batch,sample --compile").
+# Training images/s with synthetic and with DALI input (ARGS="--sd_modes off,batch,sample --compile").
 bench-train: $(INSTALL_DEP)
-	$(PYTHON) -m train.bench train --depth $(DEPTH) $(if $(filter-out shards,$(SHARDS)),--shards "$(SHARDS)") $(ARGS)
+	$(PYTHON) -m train.bench train --depth $(DEPTH) $(if $(filter-out shards,$(SHARDS)),--data_dir "$(SHARDS)") $(ARGS)
 
 # Seconds to save last.pt (ResNet-DEPTH) into OUT's folder, and its share of the run per interval.
 bench-checkpoint: $(INSTALL_DEP)

@@ -7,12 +7,16 @@ import os
 import sys
 
 from prep.errors import PrepError
+from prep.flags import FlagParser
+
+# --workers was prep's name for its worker processes; in train/ it counts DALI threads.
+ALIASES = {"--workers": "--processes"}
 
 USAGE = """\
 python -m prep DATA OUT [options]     convert ImageNet into shards (make shards)
-python -m prep OUT --train-tar ILSVRC2012_img_train.tar --val-tar ILSVRC2012_img_val.tar \\
+python -m prep OUT --train_tar ILSVRC2012_img_train.tar --val_tar ILSVRC2012_img_val.tar \\
     [--devkit ILSVRC2012_devkit_t12.tar.gz] [options]
-python -m prep verify OUT [--workers] check a shards folder (make verify-shards)"""
+python -m prep verify OUT [--processes N]   check a shards folder (make verify-shards)"""
 
 
 def positive(text: str) -> int:
@@ -30,9 +34,10 @@ def quality(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = FlagParser(
         prog="python -m prep",
         usage=USAGE,
+        aliases=ALIASES,
         description="Convert ImageNet into WebDataset tar shards with DALI index files, "
         "classes.txt and manifest.json, reading the images once, from the downloaded archives "
         "(no extraction) or from extracted folders. DATA, detected automatically: a folder "
@@ -41,24 +46,24 @@ def build_parser() -> argparse.ArgumentParser:
         "imagenet-object-localization-challenge.zip (or a folder holding it); the folders "
         "DATA/train/<wnid>/ + DATA/val/<wnid>/; the extracted Kaggle download "
         "(DATA/ILSVRC/Data/CLS-LOC/ + DATA/LOC_val_solution.csv); or a flat DATA/val/ with "
-        "--val-labels. Resumable: rerun the same command after a crash.",
+        "--val_labels. Resumable: rerun the same command after a crash.",
     )
     p.add_argument(
         "data",
         nargs="?",
         help="the ImageNet downloads' folder, Kaggle's zip, or the extracted folder (DATA); "
-        "leave it out with --train-tar and --val-tar",
+        "leave it out with --train_tar and --val_tar",
     )
     p.add_argument("out", help="the shards folder to write (OUT)")
     p.add_argument(
-        "--train-tar",
+        "--train_tar",
         metavar="FILE",
-        help="ILSVRC2012_img_train.tar, where it is (instead of DATA; with --val-tar)",
+        help="ILSVRC2012_img_train.tar, where it is (instead of DATA; with --val_tar)",
     )
     p.add_argument(
-        "--val-tar",
+        "--val_tar",
         metavar="FILE",
-        help="ILSVRC2012_img_val.tar, where it is (instead of DATA; with --train-tar)",
+        help="ILSVRC2012_img_val.tar, where it is (instead of DATA; with --train_tar)",
     )
     p.add_argument(
         "--devkit",
@@ -67,23 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
         "the val tar)",
     )
     p.add_argument(
-        "--val-labels",
+        "--val_labels",
         metavar="FILE",
         help="labels of a flat val folder or of the val tar: lines `filename wnid` (or "
         "Kaggle's LOC_val_solution.csv)",
     )
     p.add_argument(
-        "--shard-size",
+        "--shard_size",
         type=positive,
         metavar="N",
         help="images per shard (default: at most about 1 GB per shard, and 64 or a multiple "
         "of 64 shards where each can hold 256 images or more, to keep all workers busy)",
     )
+    p.add_argument("--seed", type=int, default=0, help="seed of the global train shuffle")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the global train shuffle (default 0)"
-    )
-    p.add_argument(
-        "--max-side",
+        "--max_side",
         type=positive,
         metavar="N",
         help="downscale images whose longer side exceeds N pixels (faster decoding later; "
@@ -94,12 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=quality,
         default=95,
         metavar="Q",
-        help="JPEG quality of re-encoded images, repaired or downscaled (default 95)",
+        help="JPEG quality of re-encoded images, repaired or downscaled",
     )
     p.add_argument(
-        "--workers",
+        "--processes",
         type=positive,
         default=os.cpu_count(),
+        metavar="N",
         help=f"worker processes, for walking the train tar too (default: all cores, "
         f"{os.cpu_count()} here)",
     )
@@ -117,13 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def verify_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = FlagParser(
         prog="python -m prep verify",
+        aliases=ALIASES,
         description="Check manifest against tars against indexes: counts, sizes, sha256, "
         "labels in range. Exits non-zero naming the first problem.",
     )
     p.add_argument("out", help="the shards folder")
-    p.add_argument("--workers", type=positive, default=os.cpu_count(), help="processes")
+    p.add_argument(
+        "--processes", type=positive, default=os.cpu_count(), metavar="N", help="worker processes"
+    )
     return p
 
 
@@ -134,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             args = verify_parser().parse_args(argv[1:])
             from prep.verify import verify
 
-            manifest = verify(args.out, workers=args.workers)
+            manifest = verify(args.out, workers=args.processes)
             counts = ", ".join(
                 f"{len(v['shards'])} {k} shards ({v['num_samples']} samples)"
                 for k, v in manifest["splits"].items()
@@ -154,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             options,
             val_labels=args.val_labels,
             archives=ArchivePaths(args.train_tar, args.val_tar, args.devkit),
-            workers=args.workers,
+            workers=args.processes,
             overwrite=args.overwrite,
             strict=args.strict,
         )

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from prep.atomic import write_atomic
 from prep.errors import PrepError
-from prep.shardio import write_atomic
 
 INDEX_DIR = ".sources"  # inside OUT: the cached member lists
 INDEX_VERSION = 1

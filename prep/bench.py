@@ -11,11 +11,9 @@ Prints a table, the projected time for full ImageNet per core count, and writes 
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -26,44 +24,15 @@ from pathlib import Path
 
 from PIL import Image
 
+from prep.atomic import write_atomic
 from prep.build import PrepOptions, build
-from prep.imagenet_like import write_archives, write_imagenet_like
+from prep.flags import FlagParser
+from prep.imagenet_like import ensure_archives, ensure_imagenet_like
+from prep.provenance import code_version, machine_facts
 from prep.sources import scan
 
 IMAGENET_IMAGES = 1_281_167 + 50_000
 IMAGENET_BYTES = 147e9
-
-
-def ensure_imagenet_like(path: Path, classes: int, per_class: int, workers: int) -> Path:
-    """The benchmark set at path, generated unless a complete one is already there."""
-    marker = path / "complete.json"
-    spec = {"classes": classes, "train_per_class": per_class, "val_per_class": per_class // 10}
-    if marker.is_file() and json.loads(marker.read_text()) == spec:
-        return path
-    shutil.rmtree(path, ignore_errors=True)
-    print(f"bench-prep: generating {classes} x {per_class} ImageNet-like JPEGs in {path}")
-    write_imagenet_like(
-        path,
-        num_classes=classes,
-        train_per_class=per_class,
-        val_per_class=spec["val_per_class"],
-        workers=workers,
-    )
-    marker.write_text(json.dumps(spec))
-    return path
-
-
-def ensure_archives(data: Path) -> Path:
-    """The benchmark set packed as the downloads, beside it (made once)."""
-    folder = data.parent / f"{data.name}-archives"
-    marker = folder / "complete.json"
-    spec = json.loads((data / "complete.json").read_text())
-    if not (marker.is_file() and json.loads(marker.read_text()) == spec):
-        shutil.rmtree(folder, ignore_errors=True)
-        print(f"bench-prep: packing {data} as the image-net.org archives in {folder}")
-        write_archives(data, folder)
-        marker.write_text(json.dumps(spec))
-    return folder
 
 
 def decode_files(paths: list[str]) -> int:
@@ -93,18 +62,22 @@ def prep_rate(data: Path, workers: int, n: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m prep.bench", description=__doc__.split("\n")[0])
+    p = FlagParser(
+        prog="python -m prep.bench",
+        description=__doc__.split("\n")[0],
+        aliases={"--workers": "--processes"},
+    )
     p.add_argument("--data", default="benchmarks/data/imagenet-like", help="benchmark set path")
     p.add_argument("--classes", type=int, default=40, help="classes in the generated set")
-    p.add_argument("--per-class", type=int, default=100, help="train images per class")
-    p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes for both")
+    p.add_argument("--per_class", type=int, default=100, help="train images per class")
+    p.add_argument("--processes", type=int, default=os.cpu_count(), help="processes for both")
     p.add_argument(
         "--rounds", type=int, default=3, help="interleaved timed rounds; the medians are reported"
     )
     p.add_argument("--json", default="benchmarks/results/prep.json", help="where to write JSON")
     args = p.parse_args(argv)
 
-    data = ensure_imagenet_like(Path(args.data), args.classes, args.per_class, args.workers)
+    data = ensure_imagenet_like(Path(args.data), args.classes, args.per_class, args.processes)
     archives = ensure_archives(data)
     scanned = scan(data)
     paths = [str(data / s.path) for split in scanned.splits.values() for s in split]
@@ -118,9 +91,9 @@ def main(argv: list[str] | None = None) -> None:
                 pass
     floors, preps, from_archives = [], [], []
     for _ in range(args.rounds):
-        floors.append(floor_rate(paths, args.workers))
-        preps.append(prep_rate(data, args.workers, len(paths)))
-        from_archives.append(prep_rate(archives, args.workers, len(paths)))
+        floors.append(floor_rate(paths, args.processes))
+        preps.append(prep_rate(data, args.processes, len(paths)))
+        from_archives.append(prep_rate(archives, args.processes, len(paths)))
     floor, prep = statistics.median(floors), statistics.median(preps)
     archive_rate = statistics.median(from_archives)
     ratio = statistics.median(r / f for r, f in zip(preps, floors, strict=True))
@@ -129,18 +102,20 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\nbench-prep: {len(paths)} JPEGs, mean {mean_kb:.0f} KB, e.g. {example[0]}x{example[1]}"
     )
-    print(f"{args.workers} processes, page cache warm, median of {args.rounds} interleaved rounds")
+    print(
+        f"{args.processes} processes, page cache warm, median of {args.rounds} interleaved rounds"
+    )
     print(f"{'pipeline':<34}{'images/s':>10}{'per process':>13}")
-    print(f"{'floor: read + PIL decode':<34}{floor:>10.0f}{floor / args.workers:>13.0f}")
-    print(f"{'prep (python -m prep, whole job)':<34}{prep:>10.0f}{prep / args.workers:>13.0f}")
+    print(f"{'floor: read + PIL decode':<34}{floor:>10.0f}{floor / args.processes:>13.0f}")
+    print(f"{'prep (python -m prep, whole job)':<34}{prep:>10.0f}{prep / args.processes:>13.0f}")
     print(f"{'prep from the archives (whole job)':<34}{archive_rate:>10.0f}"
-          f"{archive_rate / args.workers:>13.0f}")  # fmt: skip
+          f"{archive_rate / args.processes:>13.0f}")  # fmt: skip
     print(f"prep / floor (median of the rounds' ratios): {ratio:.2f}x (target >= 0.85x)")
     print(
         f"prep from the archives / from the folders (median of the rounds' ratios): "
         f"{archive_ratio:.2f}x (target >= 0.95x)"
     )
-    per_core = prep / args.workers
+    per_core = prep / args.processes
     projection = {}
     print("projected full ImageNet (1.33 M images), if the disk keeps up:")
     for cores in (8, 16, 32, 64):
@@ -151,10 +126,11 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "benchmark": "prep",
         "date": date.today().isoformat(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "code_version": code_version(),
+        "machine": machine_facts(),
         "images": len(paths),
         "mean_bytes": round(sum(sizes) / len(sizes)),
-        "workers": args.workers,
+        "workers": args.processes,
         "floor_images_per_s": [round(f, 1) for f in floors],
         "prep_images_per_s": [round(r, 1) for r in preps],
         "ratio": round(ratio, 3),
@@ -163,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         "projected_minutes_by_cores": projection,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    write_atomic(args.json, json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.json}")
 
 

@@ -27,10 +27,11 @@ from queue import Empty
 from tqdm import tqdm
 
 from prep.archives import INDEX_DIR, Reader
+from prep.atomic import TEMPORARY_GLOB, remove_temporaries, temporary_name, write_atomic
 from prep.errors import PrepError
 from prep.images import inspect_image
 from prep.layout import Sample, Scan
-from prep.shardio import cls_digits, cls_text, index_text, write_atomic, write_tar
+from prep.shardio import cls_digits, cls_text, index_text, write_tar
 from prep.sources import NO_ARCHIVES, ArchivePaths, scan
 
 FORMAT_VERSION = 1
@@ -187,7 +188,7 @@ def process_shard(task: ShardTask) -> dict:
     counts = {"stored": 0, "repaired": 0, "resized": 0, "skipped": 0}
     tar_path = os.path.join(task.out, f"{task.name}.tar")
     idx_path = os.path.join(task.out, f"{task.name}.idx")
-    tmp = f"{tar_path}.tmp.{os.getpid()}"
+    tmp = temporary_name(tar_path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -238,7 +239,7 @@ def load_record(out: Path, name: str) -> dict | None:
 
 
 def our_files(out: Path) -> list[Path]:
-    patterns = ("train-*.tar", "train-*.idx", "val-*.tar", "val-*.idx", "*.tmp.*")
+    patterns = ("train-*.tar", "train-*.idx", "val-*.tar", "val-*.idx", TEMPORARY_GLOB)
     found = [p for pattern in patterns for p in out.glob(pattern)]
     found += [p for p in (out / "manifest.json", out / "classes.txt") if p.exists()]
     return found
@@ -448,8 +449,7 @@ def build(
     (out / STATE_DIR).mkdir(exist_ok=True)
     write_atomic(out / STATE_DIR / "plan.json", json.dumps(fp, indent=1).encode())
     write_atomic(out / "classes.txt", "".join(f"{c}\n" for c in scanned.classes).encode())
-    for stale in out.glob("*.tmp.*"):  # left by a killed run
-        stale.unlink()
+    remove_temporaries(out)  # left by a killed run
 
     tasks, done_images = pending_tasks(scanned, shards, out, options)
     total = sum(len(s) for split in SPLITS for s in shards[split])

@@ -1,4 +1,4 @@
-"""python -m prep.digits OUT: scikit-learn's handwritten digits as an ImageNet-style folder.
+"""scikit-learn's handwritten digits as an ImageNet-style folder (make demo writes it).
 
 1,797 real 8x8 scans of handwritten digits (shipped inside scikit-learn), upscaled to 32x32
 RGB JPEGs in wnid-like class folders n00000000 ... n00000009: OUT/train/<wnid>/*.JPEG and a
@@ -7,7 +7,6 @@ held-out OUT/val/<wnid>/*.JPEG (every fifth image of each class). The demo's dat
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +36,3 @@ def write_digits(out: str | Path, quality: int = 95) -> dict[str, int]:
         image.save(folder / f"digit_{index:04d}.JPEG", quality=quality)
         counts[split] += 1
     return counts
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m prep.digits", description=__doc__.split("\n")[0])
-    p.add_argument("out", help="folder to write train/ and val/ into")
-    args = p.parse_args(argv)
-    counts = write_digits(args.out)
-    print(f"digits: {counts['train']} train and {counts['val']} val images in {args.out}")
-
-
-if __name__ == "__main__":
-    main()

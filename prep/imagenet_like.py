@@ -10,8 +10,10 @@ as the downloads come (nested tars and the devkit; Kaggle's zip).
 from __future__ import annotations
 
 import io
+import json
 import multiprocessing as mp
 import random
+import shutil
 import tarfile
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
@@ -263,3 +265,35 @@ def write_kaggle_zip(folders: str | Path, path: str | Path) -> None:
             z.writestr(f"{base}/val/{f.name}", f.read_bytes(), zipfile.ZIP_DEFLATED)
             rows.append(f"{f.stem},{f.parent.name} 1 2 30 40\n")
         z.writestr("LOC_val_solution.csv", "ImageId,PredictionString\n" + "".join(rows))
+
+
+def ensure_imagenet_like(path: Path, classes: int, per_class: int, workers: int) -> Path:
+    """The benchmark set at path, generated unless a complete one is already there."""
+    marker = path / "complete.json"
+    spec = {"classes": classes, "train_per_class": per_class, "val_per_class": per_class // 10}
+    if marker.is_file() and json.loads(marker.read_text()) == spec:
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    print(f"bench-prep: generating {classes} x {per_class} ImageNet-like JPEGs in {path}")
+    write_imagenet_like(
+        path,
+        num_classes=classes,
+        train_per_class=per_class,
+        val_per_class=spec["val_per_class"],
+        workers=workers,
+    )
+    marker.write_text(json.dumps(spec))
+    return path
+
+
+def ensure_archives(data: Path) -> Path:
+    """The benchmark set packed as the downloads, beside it (made once)."""
+    folder = data.parent / f"{data.name}-archives"
+    marker = folder / "complete.json"
+    spec = json.loads((data / "complete.json").read_text())
+    if not (marker.is_file() and json.loads(marker.read_text()) == spec):
+        shutil.rmtree(folder, ignore_errors=True)
+        print(f"bench-prep: packing {data} as the image-net.org archives in {folder}")
+        write_archives(data, folder)
+        marker.write_text(json.dumps(spec))
+    return folder

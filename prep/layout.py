@@ -5,7 +5,7 @@ Layouts:
 - A: DATA/train/<wnid>/*.JPEG and DATA/val/<wnid>/*.JPEG (class folders).
 - B: the Kaggle download: DATA/ILSVRC/Data/CLS-LOC/{train/<wnid>/, val/} with a flat val
   folder labelled by DATA/LOC_val_solution.csv (ImageId, PredictionString: first token = wnid).
-- C: DATA/train/<wnid>/ with a flat DATA/val/ labelled by --val-labels FILE (`filename wnid`).
+- C: DATA/train/<wnid>/ with a flat DATA/val/ labelled by --val_labels FILE (`filename wnid`).
 Class indices are the sorted class-folder names, as torchvision's ImageFolder assigns them.
 """
 
@@ -125,7 +125,7 @@ def find_folders(root: Path, val_labels: Path | None) -> tuple[str, Path, Path, 
         if not labels.is_file():
             raise PrepError(
                 f"Kaggle layout: the val labels {labels} are missing; download "
-                f"{KAGGLE_VAL_CSV} beside ILSVRC/ or pass --val-labels FILE"
+                f"{KAGGLE_VAL_CSV} beside ILSVRC/ or pass --val_labels FILE"
             )
         return "B", train, val, labels
     train, val = root / "train", root / "val"
@@ -140,7 +140,7 @@ def find_folders(root: Path, val_labels: Path | None) -> tuple[str, Path, Path, 
     if flat or val_labels is not None:
         if val_labels is None:
             raise PrepError(
-                f"{val} holds images without class folders: pass --val-labels FILE "
+                f"{val} holds images without class folders: pass --val_labels FILE "
                 "(lines `filename wnid`)"
             )
         return "C", train, val, val_labels

@@ -4,9 +4,9 @@ Layouts; in every one the class indices are the sorted WordNet ids (as torchvisi
 ImageFolder assigns them) and the samples come in the same order, so that the same images
 give the same shards from any of them:
 - A, B, C: class folders (prep/layout.py).
-- D: the downloads from image-net.org, in DATA or named by --train-tar, --val-tar and
+- D: the downloads from image-net.org, in DATA or named by --train_tar, --val_tar and
   --devkit: ILSVRC2012_img_train.tar (a tar per class), ILSVRC2012_img_val.tar (flat),
-  labelled by ILSVRC2012_devkit_t12.tar.gz (or --val-labels).
+  labelled by ILSVRC2012_devkit_t12.tar.gz (or --val_labels).
 - E: Kaggle's imagenet-object-localization-challenge.zip, in DATA or given as DATA: layout B
   inside a zip, LOC_val_solution.csv included.
 """
@@ -56,7 +56,7 @@ class Sources:
     train: Path | None = None  # the train archive (D: the tar; E: the zip)
     val: Path | None = None  # the val archive (D: the tar; E: the zip)
     devkit: Path | None = None  # D: the devkit, unless val_labels is given
-    val_labels: Path | None = None  # --val-labels
+    val_labels: Path | None = None  # --val_labels
 
 
 NO_ARCHIVES = ArchivePaths()
@@ -77,9 +77,9 @@ def given_file(path: str | Path, flag: str, expected: str) -> Path:
 
 def val_devkit(beside: Path, given: ArchivePaths, labels: Path | None) -> Path | None:
     """The devkit that labels the val tar: --devkit, or the one beside it, unless
-    --val-labels does."""
+    --val_labels does."""
     if given.devkit is not None and labels is not None:
-        raise PrepError("--devkit and --val-labels both label the val tar: give one of them")
+        raise PrepError("--devkit and --val_labels both label the val tar: give one of them")
     if given.devkit is not None:
         return given_file(given.devkit, "--devkit", DEVKIT)
     if labels is not None:
@@ -87,22 +87,22 @@ def val_devkit(beside: Path, given: ArchivePaths, labels: Path | None) -> Path |
     if not (beside / DEVKIT).is_file():
         raise PrepError(
             f"the val tar's labels are missing: download {DEVKIT} into {beside} (or pass "
-            "--devkit FILE, or --val-labels FILE with lines `filename wnid`)"
+            "--devkit FILE, or --val_labels FILE with lines `filename wnid`)"
         )
     return beside / DEVKIT
 
 
 def named_sources(data: str | Path | None, given: ArchivePaths, labels: Path | None) -> Sources:
-    """Layout D from --train-tar and --val-tar."""
+    """Layout D from --train_tar and --val_tar."""
     if data is not None:
         raise PrepError(
-            f"two train sources: DATA ({data}) and --train-tar/--val-tar; give one of them"
+            f"two train sources: DATA ({data}) and --train_tar/--val_tar; give one of them"
         )
     if given.train_tar is None or given.val_tar is None:
-        missing = "--val-tar" if given.train_tar is not None else "--train-tar"
-        raise PrepError(f"--train-tar and --val-tar go together: {missing} is missing")
-    train = given_file(given.train_tar, "--train-tar", TRAIN_TAR)
-    val = given_file(given.val_tar, "--val-tar", VAL_TAR)
+        missing = "--val_tar" if given.train_tar is not None else "--train_tar"
+        raise PrepError(f"--train_tar and --val_tar go together: {missing} is missing")
+    train = given_file(given.train_tar, "--train_tar", TRAIN_TAR)
+    val = given_file(given.val_tar, "--val_tar", VAL_TAR)
     return Sources("D", train.parent, train, val, val_devkit(val.parent, given, labels), labels)
 
 
@@ -121,7 +121,7 @@ def find_sources(
     if data is None:
         raise PrepError(
             "no input: give DATA (the folder of the ImageNet downloads or of the extracted "
-            "images, or Kaggle's zip), or --train-tar and --val-tar"
+            "images, or Kaggle's zip), or --train_tar and --val_tar"
         )
     root = Path(data).resolve()
     if root.is_file():
@@ -131,7 +131,7 @@ def find_sources(
             return Sources("E", root.parent, root, root, None, labels)
         raise PrepError(
             f"DATA {root} is a file: pass the folder that holds {TRAIN_TAR}, {VAL_TAR} and "
-            f"{DEVKIT}, or name them with --train-tar, --val-tar and --devkit"
+            f"{DEVKIT}, or name them with --train_tar, --val_tar and --devkit"
         )
     if not root.is_dir():
         raise PrepError(f"data folder {root} does not exist")
@@ -262,7 +262,7 @@ def scan_kaggle_zip(sources: Sources) -> Scan:
         table = parse_val_labels(read_text_member(str(archive), csv), csv.name)
     else:
         raise PrepError(
-            f"{archive} holds no {KAGGLE_VAL_CSV} (the val labels): pass --val-labels with "
+            f"{archive} holds no {KAGGLE_VAL_CSV} (the val labels): pass --val_labels with "
             "that CSV, downloaded on its own"
         )
     names = [os.path.basename(e.name) for e in images]

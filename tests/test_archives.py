@@ -206,20 +206,20 @@ def test_wrong_or_missing_inputs_are_one_line_errors(downloads, kaggle_zip, tmp_
     no_devkit.mkdir()
     for name in (TRAIN_TAR, VAL_TAR):
         (no_devkit / name).symlink_to(downloads / name)
-    with pytest.raises(PrepError, match=f"download {DEVKIT} into .*--val-labels"):
+    with pytest.raises(PrepError, match=f"download {DEVKIT} into .*--val_labels"):
         scan(no_devkit)
     no_csv = tmp_path / KAGGLE_ZIP
     with zipfile.ZipFile(kaggle_zip) as src, zipfile.ZipFile(no_csv, "w") as dst:
         for info in src.infolist():
             if info.filename != "LOC_val_solution.csv":
                 dst.writestr(info, src.read(info))
-    with pytest.raises(PrepError, match="holds no LOC_val_solution.csv.*--val-labels"):
+    with pytest.raises(PrepError, match="holds no LOC_val_solution.csv.*--val_labels"):
         scan(no_csv)
     with pytest.raises(PrepError, match="Kaggle's zip has its own labels"):
         scan(kaggle_zip, archives=ArchivePaths(devkit=downloads / DEVKIT))
     with pytest.raises(PrepError, match="is a file: pass the folder that holds"):
         scan(downloads / TRAIN_TAR)
-    with pytest.raises(PrepError, match="--train-tar .* is a folder"):
+    with pytest.raises(PrepError, match="--train_tar .* is a folder"):
         scan(None, archives=ArchivePaths(downloads, downloads / VAL_TAR))
     with pytest.raises(PrepError, match="two train sources"):
         scan(downloads, archives=ArchivePaths(downloads / TRAIN_TAR, downloads / VAL_TAR))

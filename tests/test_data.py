@@ -13,7 +13,8 @@ from PIL import Image
 
 from prep.build import PrepOptions, build
 from prep.imagenet_like import wnids
-from train.data import IMAGENET_MEAN, IMAGENET_STD, ShardsError, labels_from_digits, make_loader
+from train.data import IMAGENET_MEAN, IMAGENET_STD, labels_from_digits, make_loader
+from train.shards import ShardsError, open_shards
 
 
 def write_dataset(root: Path, train: dict[str, list[Image.Image]], val: dict, quality=95) -> Path:
@@ -77,7 +78,7 @@ def collect(loader) -> tuple[list[int], list[int]]:
 @pytest.mark.parametrize("split", ["train", "val"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_shapes_dtypes_and_channels_last_layout(tiny_shards, split, dtype):
-    loader = make_loader(tiny_shards, split, batch_size=4, image_size=40, dtype=dtype)
+    loader = make_loader(open_shards(tiny_shards), split, batch_size=4, image_size=40, dtype=dtype)
     images, labels = next(iter(loader))
     assert images.shape == (4, 3, 40, 40)
     assert images.dtype == dtype
@@ -90,7 +91,9 @@ def test_shapes_dtypes_and_channels_last_layout(tiny_shards, split, dtype):
 
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_uniform_grey_image_normalizes_to_the_expected_values(grey_shards, split):
-    loader = make_loader(grey_shards, split, batch_size=2, image_size=32, color_jitter=False)
+    loader = make_loader(
+        open_shards(grey_shards), split, batch_size=2, image_size=32, color_jitter=False
+    )
     images, _ = next(iter(loader))
     expected = torch.tensor(
         [(128 / 255 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)]
@@ -108,7 +111,7 @@ def test_labels_equal_the_manifests(tiny_shards):
         s["cls"]
         for s in wds.WebDataset([str(p) for p in manifest_shards], shardshuffle=False).decode()
     ]
-    labels, _ = collect(make_loader(tiny_shards, "val", batch_size=4, image_size=32))
+    labels, _ = collect(make_loader(open_shards(tiny_shards), "val", batch_size=4, image_size=32))
     assert labels == reference  # val keeps the manifest's order
     train_reference = Counter(
         s["cls"]
@@ -116,7 +119,7 @@ def test_labels_equal_the_manifests(tiny_shards):
             [str(p) for p in sorted(tiny_shards.glob("train-*.tar"))], shardshuffle=False
         ).decode()
     )
-    train, _ = collect(make_loader(tiny_shards, "train", batch_size=4, image_size=32))
+    train, _ = collect(make_loader(open_shards(tiny_shards), "train", batch_size=4, image_size=32))
     assert Counter(train) == train_reference
 
 
@@ -133,7 +136,12 @@ def test_val_is_exactly_once_over_ranks_with_partial_and_empty_last_batches(
 ):
     loaders = [
         make_loader(
-            one_per_class_shards, "val", batch_size=4, image_size=32, rank=r, world_size=world_size
+            open_shards(one_per_class_shards),
+            "val",
+            batch_size=4,
+            image_size=32,
+            rank=r,
+            world_size=world_size,
         )  # fmt: skip
         for r in range(world_size)
     ]
@@ -154,7 +162,7 @@ def test_train_epochs_visit_every_sample_once_with_equal_batch_counts(one_per_cl
     world_size = 3
     loaders = [
         make_loader(
-            one_per_class_shards,
+            open_shards(one_per_class_shards),
             "train",
             batch_size=4,
             image_size=32,
@@ -176,7 +184,7 @@ def test_train_epochs_visit_every_sample_once_with_equal_batch_counts(one_per_cl
 
 
 def test_train_order_changes_between_epochs_on_one_rank(tiny_shards):
-    loader = make_loader(tiny_shards, "train", batch_size=4, image_size=32, seed=1)
+    loader = make_loader(open_shards(tiny_shards), "train", batch_size=4, image_size=32, seed=1)
     first, second = collect(loader)[0], collect(loader)[0]
     assert sorted(first) == sorted(second)
     assert first != second
@@ -203,7 +211,7 @@ def test_val_matches_the_torchvision_reference_on_real_photos(tmp_path_factory):
     val_files = sorted((root / "val").rglob("*.JPEG"), key=lambda p: p.stem)
     assert len({Image.open(p).size for p in val_files}) >= 6
     expected = torch.stack([reference(Image.open(p).convert("RGB")) for p in val_files])
-    images, _ = collect_images(make_loader(out, "val", batch_size=8, image_size=224))
+    images, _ = collect_images(make_loader(open_shards(out), "val", batch_size=8, image_size=224))
     diff = (images.float() - expected).abs()
     # Same output sizes and crop anchors as torchvision; the two antialiased bilinear filters
     # and JPEG decoders differ by rounding only: about 0.15 grey levels on average (0.0025 in
@@ -220,7 +228,12 @@ def collect_images(loader):
 
 def test_flip_and_crop_area_statistics(gradient_shards):
     loader = make_loader(
-        gradient_shards, "train", batch_size=16, image_size=48, color_jitter=False, seed=3
+        open_shards(gradient_shards),
+        "train",
+        batch_size=16,
+        image_size=48,
+        color_jitter=False,
+        seed=3,
     )
     mean = torch.tensor(IMAGENET_MEAN)[None, :, None, None]
     std = torch.tensor(IMAGENET_STD)[None, :, None, None]
@@ -248,22 +261,22 @@ def test_flip_and_crop_area_statistics(gradient_shards):
 
 def test_raw_imagenet_folder_is_refused_with_the_make_shards_command(tiny_imagenet):
     with pytest.raises(ShardsError, match="make shards DATA="):
-        make_loader(tiny_imagenet["root"], "train", batch_size=4)
+        make_loader(open_shards(tiny_imagenet["root"]), "train", batch_size=4)
 
 
 def test_a_missing_shard_is_named(tiny_shards, copy_of):
     out = copy_of(tiny_shards)
     (out / "train-000001.idx").unlink()
     with pytest.raises(ShardsError, match="train-000001.idx is missing"):
-        make_loader(out, "train", batch_size=4)
+        make_loader(open_shards(out), "train", batch_size=4)
 
 
 def test_bad_arguments(tiny_shards):
     with pytest.raises(ValueError, match="split"):
-        make_loader(tiny_shards, "test", batch_size=4)
+        make_loader(open_shards(tiny_shards), "test", batch_size=4)
     with pytest.raises(ValueError, match="rank"):
-        make_loader(tiny_shards, "val", batch_size=4, rank=2, world_size=2)
+        make_loader(open_shards(tiny_shards), "val", batch_size=4, rank=2, world_size=2)
     with pytest.raises(TypeError, match="unknown pipeline knobs"):
-        make_loader(tiny_shards, "val", batch_size=4, hw_decoder=1)
+        make_loader(open_shards(tiny_shards), "val", batch_size=4, hw_decoder=1)
     with pytest.raises(ValueError, match="float32 or float16"):
-        make_loader(tiny_shards, "val", batch_size=4, dtype=torch.bfloat16)
+        make_loader(open_shards(tiny_shards), "val", batch_size=4, dtype=torch.bfloat16)

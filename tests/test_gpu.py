@@ -10,6 +10,7 @@ import torch
 
 from tests.test_train import history, run_main
 from train.data import make_loader
+from train.shards import open_shards
 
 pytestmark = pytest.mark.gpu
 
@@ -23,9 +24,14 @@ def collect(loader):
 
 
 def test_mixed_decoder_gives_the_cpu_pipelines_shapes_labels_and_statistics(tiny_shards):
-    cpu = make_loader(tiny_shards, "val", batch_size=4, image_size=64, device="cpu")
+    cpu = make_loader(open_shards(tiny_shards), "val", batch_size=4, image_size=64, device="cpu")
     gpu = make_loader(
-        tiny_shards, "val", batch_size=4, image_size=64, device="cuda", dtype=torch.float16
+        open_shards(tiny_shards),
+        "val",
+        batch_size=4,
+        image_size=64,
+        device="cuda",
+        dtype=torch.float16,
     )
     x, y = next(iter(gpu))
     assert x.device.type == "cuda" and y.device.type == "cuda"
@@ -43,7 +49,7 @@ def test_mixed_decoder_gives_the_cpu_pipelines_shapes_labels_and_statistics(tiny
 
 def test_train_pipeline_on_the_gpu(tiny_shards):
     loader = make_loader(
-        tiny_shards,
+        open_shards(tiny_shards),
         "train",
         batch_size=4,
         image_size=64,
@@ -60,10 +66,18 @@ def test_val_is_exactly_once_over_two_gpu_pipelines(tiny_shards):
     labels = []
     for rank in (0, 1):
         loader = make_loader(
-            tiny_shards, "val", batch_size=4, image_size=64, device="cuda", rank=rank, world_size=2
+            open_shards(tiny_shards),
+            "val",
+            batch_size=4,
+            image_size=64,
+            device="cuda",
+            rank=rank,
+            world_size=2,
         )
         labels += collect(loader)[1].tolist()
-    _, reference = collect(make_loader(tiny_shards, "val", batch_size=4, image_size=64))
+    _, reference = collect(
+        make_loader(open_shards(tiny_shards), "val", batch_size=4, image_size=64)
+    )
     assert sorted(labels) == sorted(reference.tolist())
 
 

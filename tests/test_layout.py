@@ -1,6 +1,8 @@
 """The shape of the code: data flows one way (models imports nothing of ours, prep never
-imports train), no module of train/ imports train/main.py (the run) or takes part in an import
-cycle, and no function in train/ is longer than a screen."""
+imports train), no module imports an entry point (a file that is run) or takes part in an
+import cycle, only train/shards.py names the manifest, the shards are found through
+--data_dir in one place, train/main.py stays within 250 lines, and no function in train/ is
+longer than a screen."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("models", "prep", "train")
 MAX_FUNCTION_LINES = 65  # about 60: one screen, docstring included
+MAX_MAIN_LINES = 250  # train/main.py, the run, top to bottom
 
 
 def modules(package: str) -> dict[str, ast.Module]:
@@ -54,9 +57,70 @@ def test_data_flows_one_way():
             assert not any(i.startswith("train") for i in imported), (name, imported)
 
 
-def test_only_train_main_imports_the_run():
-    importers = [name for name, imported in graph().items() if "train.main" in imported]
-    assert importers == ["train.__main__"]
+def entry_points() -> set[str]:
+    """The modules that are run: __main__.py, any with `if __name__ == "__main__"`, and
+    train/main.py (the run, which train/__main__.py starts)."""
+    found = {"train.main"}
+    for package in PACKAGES:
+        for name, tree in modules(package).items():
+            guarded = any(
+                isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+                for node in tree.body
+            )
+            if name.endswith(".__main__") or guarded:
+                found.add(name)
+    return found
+
+
+def test_the_entry_points_are_found():
+    assert {"train.main", "train.evaluate", "train.bench", "train.compare", "train.report"} <= (
+        entry_points()
+    )
+    assert {"train.demo", "models.__main__", "prep.__main__", "prep.bench"} <= entry_points()
+
+
+def test_no_module_imports_an_entry_point():
+    """What another module needs of an entry point lives in a building block instead. The one
+    exception: train/__main__.py starts the run in train/main.py."""
+    runs = entry_points()
+    imports = [
+        f"{name} imports {run}"
+        for name, imported in graph().items()
+        for run in imported & runs
+        if (name, run) != ("train.__main__", "train.main")
+    ]
+    assert not imports, imports
+
+
+def test_only_train_shards_names_the_manifest():
+    naming = [
+        name
+        for name, tree in modules("train").items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        and "manifest.json" in node.value
+    ]  # fmt: skip
+    assert naming == ["train.shards"]
+
+
+def test_the_shards_are_found_through_data_dir_once():
+    """--data_dir is read in one function, which opens the shards; everything after start-up
+    reads the Shards it returns (after --cache: the RAM copy)."""
+    reads = [
+        (name, function.name)
+        for name, tree in modules("train").items()
+        for function in ast.walk(tree)
+        if isinstance(function, ast.FunctionDef)
+        for node in ast.walk(function)
+        if isinstance(node, ast.Attribute) and node.attr == "data_dir"
+        and isinstance(node.value, ast.Name) and node.value.id == "cfg"
+    ]  # fmt: skip
+    assert reads == [("train.main", "checked_shards")] * len(reads) and reads
+
+
+def test_train_main_reads_top_to_bottom_in_at_most_250_lines():
+    lines = len((ROOT / "train" / "main.py").read_text().splitlines())
+    assert lines <= MAX_MAIN_LINES, f"train/main.py has {lines} lines"
 
 
 def test_there_are_no_import_cycles():

@@ -186,7 +186,7 @@ def test_layout_c_flat_val_with_labels_file(tmp_path):
     labels = tmp_path / "val_labels.txt"
     rows = [f"{p.name} {p.stem.split('-')[0]}" for p in sorted((root / "val").iterdir())]
     labels.write_text("\n".join(rows) + "\n")
-    with pytest.raises(PrepError, match="--val-labels"):
+    with pytest.raises(PrepError, match="--val_labels"):
         scan(root)
     scanned = scan(root, labels)
     assert scanned.layout == "C"

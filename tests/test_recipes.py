@@ -18,14 +18,15 @@ from models.__main__ import main as models_main
 from models.flops import skipped_share, training_flops
 from tests.test_train import FAST, history, scalars
 from train import checkpoint
-from train.config import ConfigError, check, derive, parse_config
+from train.config import ConfigError, check, derive, parse_config, step_milestones
 from train.data import make_loader
 from train.ema import build_average, step_decay, update_average
 from train.loop import evaluate
 from train.main import main
 from train.plan import run_plan
 from train.recipes import RECIPES
-from train.schedule import lr_at, resolution_at, step_milestones
+from train.schedule import lr_at, resolution_at
+from train.shards import open_shards
 
 
 def test_the_linear_schedule_warms_up_then_falls_in_a_straight_line_to_zero():
@@ -161,7 +162,9 @@ def test_tta_logits_are_the_mean_of_the_two_views(tiny_shards):
     d = derive(parse_config(["--device", "cpu"]), 0, 1, 0)
 
     def loader():
-        return make_loader(tiny_shards, "val", batch_size=4, image_size=32, num_threads=2)
+        return make_loader(
+            open_shards(tiny_shards), "val", batch_size=4, image_size=32, num_threads=2
+        )
 
     seen = []
     result = evaluate(model, loader(), d, record=lambda x, y: seen.append(x), tta=True)

@@ -28,25 +28,30 @@ from pathlib import Path
 
 import torch
 
+from models import SD_MODES, STAGE_BLOCKS, VARIANTS
+from prep.atomic import write_atomic
+from prep.flags import FlagParser
+from prep.provenance import code_version, machine_facts
 from train.data import IMAGENET_MEAN, IMAGENET_STD, make_loader
-from train.logs import machine_facts
+from train.shards import Shards, is_shards_folder, open_shards, train_counts
 
 DEFAULT_DATA = "benchmarks/data/imagenet-like"
 DEFAULT_SHARDS = "benchmarks/data/imagenet-like-shards"
+# Old names: --shards was the shards folder, --fp32 turned mixed precision off.
+ALIASES = {"--shards": "--data_dir", "--fp32": "--no_mixed_precision"}
 
 
-def ensure_shards(shards: str | None, workers: int) -> Path:
+def ensure_shards(data_dir: str | None, workers: int) -> Shards:
     """The given shards, or shards of the prep benchmark's ImageNet-like set (made once)."""
-    if shards:
-        return Path(shards)
-    from prep.bench import ensure_imagenet_like
+    if data_dir:
+        return open_shards(data_dir)
     from prep.build import PrepOptions, build
+    from prep.imagenet_like import ensure_imagenet_like
 
     data = ensure_imagenet_like(Path(DEFAULT_DATA), 40, 100, workers)
-    out = Path(DEFAULT_SHARDS)
-    if not (out / "manifest.json").is_file():
-        build(data, out, PrepOptions(), workers=workers)
-    return out
+    if not is_shards_folder(DEFAULT_SHARDS):
+        build(data, DEFAULT_SHARDS, PrepOptions(), workers=workers)
+    return open_shards(DEFAULT_SHARDS)
 
 
 def synchronize(device: torch.device) -> None:
@@ -68,13 +73,12 @@ def steady_rate(batches, device: torch.device, warmup: int, measure: int) -> tup
     return images / (time.perf_counter() - start), images
 
 
-def dataloader_batches(shards: Path, batch: int, workers: int, image_size: int):
+def dataloader_batches(shards: Shards, batch: int, workers: int, image_size: int):
     """The usual alternative: webdataset + torchvision transforms on PIL + DataLoader."""
     import torchvision.transforms as T
     import webdataset as wds
 
-    manifest = json.loads((shards / "manifest.json").read_text())
-    urls = [str(shards / s["tar"]) for s in manifest["splits"]["train"]["shards"]]
+    urls, _ = shards.paths("train")
     transform = T.Compose(
         [
             T.RandomResizedCrop(image_size),
@@ -97,7 +101,7 @@ def dataloader_batches(shards: Path, batch: int, workers: int, image_size: int):
     )
 
 
-def dali_batches(shards: Path, batch: int, workers: int, image_size: int, device, dtype):
+def dali_batches(shards: Shards, batch: int, workers: int, image_size: int, device, dtype):
     loader = make_loader(
         shards,
         "train",
@@ -113,7 +117,7 @@ def dali_batches(shards: Path, batch: int, workers: int, image_size: int, device
 
 def bench_input(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
-    shards = ensure_shards(args.shards, args.workers)
+    shards = ensure_shards(args.data_dir, args.workers)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     size, batch, workers = args.image_size, args.batch, args.workers
     contenders = {
@@ -126,7 +130,7 @@ def bench_input(args: argparse.Namespace) -> dict:
         rows[name] = {"images_per_s": round(rate, 1), "images_timed": images}
     ratio = rows["dali"]["images_per_s"] / rows["dataloader"]["images_per_s"]
     where = "GPU (mixed decoder)" if device.type == "cuda" else "CPU"
-    print(f"\nbench-input: {shards}, batch {batch}, {size}px, {workers} CPU workers")
+    print(f"\nbench-input: {shards.folder}, batch {batch}, {size}px, {workers} CPU workers")
     print(f"{'pipeline':<44}{'images/s':>10}")
     print(f"{f'DALI train pipeline on the {where}':<44}{rows['dali']['images_per_s']:>10.0f}")
     print(f"{'torchvision + PIL in a DataLoader':<44}{rows['dataloader']['images_per_s']:>10.0f}")
@@ -135,7 +139,7 @@ def bench_input(args: argparse.Namespace) -> dict:
         "benchmark": "input",
         "date": date.today().isoformat(),
         "machine": machine_facts(device, world_size=1),
-        "shards": str(shards),
+        "data_dir": str(shards.folder),
         "batch": args.batch,
         "image_size": args.image_size,
         "workers": args.workers,
@@ -146,7 +150,7 @@ def bench_input(args: argparse.Namespace) -> dict:
     }
 
 
-def time_training(cfg, steps: int, warmup: int, shards: Path | None) -> dict:
+def time_training(cfg, steps: int, warmup: int, shards: Shards | None) -> dict:
     """Images/s of train_step over `steps` steps after `warmup`, timed between synchronizes."""
     from train.config import derive
     from train.ema import build_average, step_decay
@@ -155,9 +159,7 @@ def time_training(cfg, steps: int, warmup: int, shards: Path | None) -> dict:
     from train.model import standalone_run
 
     d = derive(cfg, 0, 1, 0)
-    num_classes = 1000
-    if shards is not None:
-        num_classes = json.loads((shards / "manifest.json").read_text())["num_classes"]
+    num_classes = train_counts(shards)[1]  # with synthetic input (None): ImageNet's
     run = standalone_run(cfg, d, num_classes, steps)
     if cfg.ema:  # the average is updated inside train_step, after the optimizer step
         run.ema = build_average(run.model, step_decay(cfg.ema_halflife, 5005))
@@ -214,21 +216,22 @@ def bench_train(args: argparse.Namespace) -> dict:
     from train.config import TrainConfig
 
     device = torch.device(args.device)
-    shards = ensure_shards(args.shards, args.workers)
+    shards = ensure_shards(args.data_dir, args.workers)
     rows = []
     for size in args.image_sizes:
-        for sd_mode in args.sd.split(","):
+        for sd_mode in args.sd_modes:
             cfg = TrainConfig(
-                data_dir=str(shards),
+                data_dir=str(shards.folder),
                 depth=args.depth,
+                variant=args.variant,
                 sd=int(sd_mode != "off"),
                 sd_mode=sd_mode if sd_mode != "off" else "batch",
-                pL=0.5,
+                pL=args.pL,
                 batch=args.batch,
                 image_size=size,
                 workers=args.workers,
                 compile=args.compile,
-                no_mixed_precision=args.fp32,
+                no_mixed_precision=args.no_mixed_precision,
                 device=str(device),
                 seed=0,
                 ema=args.ema,
@@ -240,19 +243,23 @@ def bench_train(args: argparse.Namespace) -> dict:
                 {"image_size": size, "sd": sd_mode, "synthetic": synthetic, "dali": dali}
                 | {"dali_over_synthetic": ratio}
             )
-    precision = "fp32" if args.fp32 or device.type == "cpu" else "bf16 AMP"
+    precision = "fp32" if args.no_mixed_precision or device.type == "cpu" else "bf16 AMP"
     sizes = ",".join(str(s) for s in args.image_sizes)
     print(
-        f"\nbench-train: ResNet-{args.depth}, batch {args.batch}, {sizes}px, "
+        f"\nbench-train: ResNet-{args.depth} ({args.variant}), batch {args.batch}, {sizes}px, "
         f"{precision}, {'compiled' if args.compile else 'eager'}, on {device}"
     )
     print_train_table(rows)
-    resolutions = resolution_ratios(rows, args.depth) if len(args.image_sizes) > 1 else None
+    resolutions = None
+    if len(args.image_sizes) > 1:
+        resolutions = resolution_ratios(rows, args.depth, args.variant)
     return {
         "benchmark": "train",
         "date": date.today().isoformat(),
         "machine": machine_facts(device, world_size=1),
         "depth": args.depth,
+        "variant": args.variant,
+        "pL": args.pL,
         "batch": args.batch,
         "image_sizes": args.image_sizes,
         "precision": precision,
@@ -265,7 +272,7 @@ def bench_train(args: argparse.Namespace) -> dict:
     }
 
 
-def resolution_ratios(rows: list[dict], depth: int) -> list[dict]:
+def resolution_ratios(rows: list[dict], depth: int, variant: str) -> list[dict]:
     """Each resolution's time per image against the largest one's, beside its FLOPs ratio
     (the time a step would take if time followed FLOPs), for the first SD mode."""
     from models.flops import training_flops
@@ -273,7 +280,7 @@ def resolution_ratios(rows: list[dict], depth: int) -> list[dict]:
     first = [r for r in rows if r["sd"] == rows[0]["sd"]]
     largest = max(first, key=lambda r: r["image_size"])
     flops = {
-        r["image_size"]: training_flops(depth, "preact", r["image_size"], 1000)[0] for r in first
+        r["image_size"]: training_flops(depth, variant, r["image_size"], 1000)[0] for r in first
     }
     print(f"\nper image, against {largest['image_size']} px (SD {largest['sd']}):")
     print(f"{'px':>5}{'FLOPs':>8}{'time, synthetic':>17}{'time, DALI':>12}")
@@ -331,7 +338,7 @@ def bench_checkpoint(args: argparse.Namespace) -> dict:
     from train.model import standalone_run
     from train.optimizer import add_momentum_buffers
 
-    cfg = TrainConfig(depth=args.depth, ema=args.ema, device=args.device)
+    cfg = TrainConfig(depth=args.depth, variant=args.variant, ema=args.ema, device=args.device)
     d = derive(cfg, 0, 1, 0)
     run = standalone_run(cfg, d, 1000)
     add_momentum_buffers(run.optimizer)  # as after the first step: the momentum is saved too
@@ -378,15 +385,27 @@ def bench_checkpoint(args: argparse.Namespace) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
-    p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.split("\n")[0])
+    p = FlagParser(
+        prog="python -m train.bench", description=__doc__.split("\n")[0], aliases=ALIASES
+    )
     p.add_argument("what", choices=["input", "train", "checkpoint"], help="which benchmark")
-    p.add_argument("--shards", help="shards folder (default: generate the ImageNet-like set)")
-    p.add_argument("--device", default=default_device, help=f"default: {default_device}")
-    p.add_argument("--workers", type=int, default=os.cpu_count(), help="CPU workers for both")
-    p.add_argument("--batch", type=int, default=256 if default_device == "cuda" else 64)
-    p.add_argument("--image-size", type=int, help="default 224 (bench-train on a CPU: 128)")
     p.add_argument(
-        "--image-sizes",
+        "--data_dir", help="shards folder (default: generate the ImageNet-like set and its shards)"
+    )
+    p.add_argument("--device", default=default_device, help=f"default: {default_device}")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count(),
+        help="input: DALI CPU threads, and as many DataLoader worker processes; train: DALI "
+        "CPU threads",
+    )
+    p.add_argument(
+        "--batch", type=int, help="images per step (default: 256 on a GPU, 64 on the CPU)"
+    )
+    p.add_argument("--image_size", type=int, help="default 224 (bench-train on a CPU: 128)")
+    p.add_argument(
+        "--image_sizes",
         help="train: several resolutions in one run, e.g. 128,160,192,224; each one's time per "
         "image is printed against the largest, beside the FLOPs ratio",
     )
@@ -394,29 +413,81 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5, help="batches before timing")
     p.add_argument("--batches", type=int, default=30, help="timed batches")
     p.add_argument("--json", help="where to write the JSON (default: benchmarks/results/...)")
-    p.add_argument("--depth", type=int, default=50, choices=[50, 101, 152], help="train: depth")
-    p.add_argument("--sd", default="off", help="train: SD modes to time, e.g. off,batch,sample")
+    p.add_argument("--depth", type=int, default=50, choices=sorted(STAGE_BLOCKS), help="depth")
+    p.add_argument("--variant", default="preact", choices=VARIANTS, help="train, checkpoint")
+    add_sd_flags(p)
     p.add_argument("--compile", action="store_true", help="train: torch.compile the model")
-    p.add_argument("--fp32", action="store_true", help="train: no mixed precision")
+    p.add_argument(
+        "--no_mixed_precision", action="store_true", help="train: float32 (default: bf16 AMP)"
+    )
     p.add_argument("--rounds", type=int, default=5, help="checkpoint: saves timed")
     p.add_argument("--out", default="results", help="checkpoint: the folder saved into")
     args = p.parse_args(argv)
+    if args.batch is None:
+        args.batch = 256 if args.device.startswith("cuda") else 64
     if args.image_size is None:
         args.image_size = 224 if args.device.startswith("cuda") or args.what == "input" else 128
     sizes = args.image_sizes.split(",") if args.image_sizes else [args.image_size]
     args.image_sizes = [int(s) for s in sizes]
+    args.sd_modes = sd_modes_of(p, args)
     return args
+
+
+def add_sd_flags(p: argparse.ArgumentParser) -> None:
+    """Stochastic depth as the trainer names it (--sd, --sd_mode, --pL), or several modes."""
+    p.add_argument(
+        "--sd",
+        type=sd_flag,
+        metavar="{0,1}",
+        help="train: stochastic depth 1 on (in --sd_mode), 0 off, as in the trainer (default: "
+        "each of --sd_modes)",
+    )
+    p.add_argument(
+        "--sd_mode",
+        default="batch",
+        choices=[m for m in SD_MODES if m != "off"],
+        help="train: the mode of --sd 1",
+    )
+    p.add_argument(
+        "--sd_modes",
+        default="off",
+        help="train: stochastic-depth modes to time in one run, e.g. off,batch,sample (each "
+        "against off)",
+    )
+    p.add_argument("--pL", type=float, default=0.5, help="train: survival of the last block")
+
+
+def sd_flag(text: str) -> int:
+    if text not in ("0", "1"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: --sd is 0 or 1, as in the trainer; several modes to time are "
+            "--sd_modes off,batch,sample"
+        )
+    return int(text)
+
+
+def sd_modes_of(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The modes to time: --sd_modes, or the one that --sd and --sd_mode name."""
+    modes = [m.strip() for m in args.sd_modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in SD_MODES]
+    if unknown:
+        p.error(f"--sd_modes: unknown {', '.join(unknown)}; choose from {', '.join(SD_MODES)}")
+    if args.sd is not None and args.sd_modes != "off":
+        p.error("--sd and --sd_modes both choose the modes: give one of them")
+    if args.sd is not None:
+        return [args.sd_mode if args.sd else "off"]
+    return modes
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     bench = {"input": bench_input, "train": bench_train, "checkpoint": bench_checkpoint}
-    result = bench[args.what](args)
+    result = bench[args.what](args) | {"code_version": code_version()}
     kind = "gpu" if args.device.startswith("cuda") else "cpu"
     name = args.what if args.what == "input" else f"{args.what}-rn{args.depth}"
     path = Path(args.json or f"benchmarks/results/{name}-{kind}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    write_atomic(path, json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")
 
 

@@ -8,26 +8,29 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from prep.atomic import atomic_file, remove_temporaries
+from prep.provenance import code_version
 from train.config import to_dict
-from train.logs import code_version, say
+from train.logs import say
 from train.loop import Run
 
 
-@dataclass
+@dataclass(frozen=True)
 class Progress:
-    """How far a run has come: what a checkpoint holds besides the training state."""
+    """How far a run has come: what a checkpoint holds besides the training state. Frozen:
+    each step of the run makes a new one (dataclasses.replace)."""
 
     epoch: int = 0  # epochs completed, or the epoch in progress when batches_done > 0
     batches_done: int = 0  # of that epoch in progress
-    totals: torch.Tensor | None = None  # its running (loss sum, correct, samples), all ranks
+    totals: torch.Tensor | None = None  # its running (loss sum, correct, samples) per rank
     seconds: float = 0.0  # its training seconds so far
-    history: list[dict] = field(default_factory=list)  # a row per finished epoch
+    history: tuple[dict, ...] = ()  # a row per finished epoch
     best_top1: float = -1.0
     best_weights: str = "live"  # which weights scored best_top1: live, or ema (the average)
 
@@ -42,7 +45,7 @@ def training_state(run: Run, progress: Progress, num_classes: int) -> dict:
         "batches_done": progress.batches_done,
         "totals": None if progress.totals is None else progress.totals.cpu(),
         "seconds": progress.seconds,
-        "history": progress.history,
+        "history": list(progress.history),
         "best_top1": progress.best_top1,
         "best_weights": progress.best_weights,
         "ema": None if run.ema is None else run.ema.model.state_dict(),
@@ -71,10 +74,28 @@ def save_training(out: Path, run: Run, progress: Progress, num_classes: int, bes
     return True
 
 
+def save_position(
+    out: Path,
+    run: Run,
+    progress: Progress,
+    epoch: int,
+    num_classes: int,
+    batches_done: int,
+    totals: torch.Tensor,
+    seconds: float,
+) -> None:
+    """--checkpoint_every_minutes: last.pt at this batch of the epoch (rank 0 writes it, and
+    its clock restarts there)."""
+    position = replace(
+        progress, epoch=epoch, batches_done=batches_done, totals=totals, seconds=seconds
+    )
+    if run.d.rank == 0:
+        save_training(out, run, position, num_classes, best=False)
+
+
 def remove_stale_temporaries(out: Path) -> None:
-    """Temporary checkpoint files of a process killed while saving (the saved ones are whole)."""
-    for tmp in out.glob(".*.pt.tmp.*"):
-        tmp.unlink(missing_ok=True)
+    """Temporary files of a process killed while saving (the saved ones are whole)."""
+    remove_temporaries(out)
 
 
 def rng_state(model) -> dict:
@@ -99,23 +120,14 @@ def set_rng_state(state: dict, model) -> None:
 
 
 def save(path: str | os.PathLike, checkpoint: dict) -> None:
-    """torch.save to path.tmp, flush to disk, rename: a kill leaves the old file intact."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            try:
-                torch.save(checkpoint, f)
-            except RuntimeError as e:  # torch's zip writer hides a failed write behind this
-                if isinstance(e.__context__, OSError):
-                    raise e.__context__ from None
-                raise
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """torch.save, whole or not at all (prep.atomic): a kill leaves the old file intact."""
+    with atomic_file(path) as f:
+        try:
+            torch.save(checkpoint, f)
+        except RuntimeError as e:  # torch's zip writer hides a failed write behind this
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
 
 
 def numpy_array_globals() -> list:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from models import STAGE_BLOCKS
+from prep.flags import FlagParser
 from train.comparison import (
     DEFAULT_ARMS,
     RunSpec,
@@ -28,7 +30,7 @@ from train.comparison import (
     parse_arm,
     run_specs,
 )
-from train.report import ReportError, report
+from train.comparison_report import ReportError, write_report
 
 SET_BY_COMPARE = ("--out", "--resume", "--seed")
 
@@ -139,7 +141,7 @@ def execute(command: list[str], name: str, env: dict, prefix: bool) -> bool:
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(
+    p = FlagParser(
         prog="python -m train.compare",
         description=__doc__.split("\n\n")[0],
         epilog="Every other flag (--batch, --mixup, --pL, ...) is passed to every trainer; "
@@ -147,7 +149,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     )
     p.add_argument("--data_dir", default="shards", help="shards folder written by make shards")
     p.add_argument("--out", default="results/compare-rn50", help="compare folder")
-    p.add_argument("--depth", type=int, default=50, choices=[50, 101, 152], help="ResNet depth")
+    p.add_argument(
+        "--depth", type=int, default=50, choices=sorted(STAGE_BLOCKS), help="ResNet depth"
+    )
     p.add_argument(
         "--epochs", type=int, help="epochs of every run (default: the trainer's or the recipe's)"
     )
@@ -233,7 +237,7 @@ def compare(args: argparse.Namespace, extra: list[str]) -> int:
         print("compare: some runs did not finish: fix the cause and rerun to continue")
         return 1
     try:
-        table = report({name: [r.directory for r in rs] for name, rs in by_arm.items()}, out)
+        table = write_report({name: [r.directory for r in rs] for name, rs in by_arm.items()}, out)
     except ReportError as e:
         print(f"compare: error: {e}")
         return 2

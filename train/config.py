@@ -15,15 +15,16 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from models import SD_MODES, STAGE_BLOCKS, VARIANTS
-from train.data import PipelineKnobs
+from prep.flags import FlagParser
+from train.data import DEFAULT_THREADS, PipelineKnobs
 from train.recipes import RAMP_FRACTIONS, RECIPES, recipe_help
-from train.schedule import RESOLUTION_STEP, step_milestones
 
 DEFAULT_WARMUP_EPOCHS = 5.0
 # A ResNet-50 last.pt (205 MB) saves in 0.6 s on this project's CPU machine (make
 # bench-checkpoint): every 10 minutes that is 0.1% of the run, 0.3% at 100 MB/s.
 DEFAULT_CHECKPOINT_MINUTES = 10.0
 LR_SCHEDULES = ("cosine", "linear", "step")
+RESOLUTION_STEP = 32  # progressive resizing rounds to multiples of this (FFCV's rule)
 
 
 class ConfigError(Exception):
@@ -121,7 +122,7 @@ class TrainConfig:
     ema_halflife: float = opt(
         1.0, "--ema: half-life of the average in epochs (independent of batch size and GPUs)"
     )
-    workers: int = opt(8, "DALI CPU threads per rank")
+    workers: int = opt(DEFAULT_THREADS, "DALI CPU threads per rank")
     cache: bool = opt(False, "copy the shards to RAM disk (/dev/shm) first, when they fit")
     # run control
     seed: int = opt(42, "seed of weights, data order, augmentation and stochastic depth")
@@ -185,16 +186,6 @@ def fitted_warmup_epochs(cfg: TrainConfig) -> float:
     return min(DEFAULT_WARMUP_EPOCHS, cfg.epochs / 4)
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each default, unless the help text already says what the default is."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" in text or action.default is None or isinstance(action.default, bool):
-            return text
-        return super()._get_help_string(action)
-
-
 def add_flag(p, name: str, default, kind: str, help: str, choices=None) -> None:
     """One flag in the seed's style: --name VALUE; booleans as --name or --no_name."""
     help = help.replace("%", "%%")  # argparse formats help strings with %
@@ -217,26 +208,24 @@ def add_flag(p, name: str, default, kind: str, help: str, choices=None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = FlagParser(
         prog="python -m train",
         description="Train ResNet-50/101/152 with or without stochastic depth on ImageNet shards "
         "(DALI input, AMP, DDP). One process: python -m train ...; several GPUs: torchrun "
         "--nproc_per_node=N -m train ... Rerunning with the same --out resumes.",
-        formatter_class=HelpFormatter,
     )
     for f in fields(TrainConfig):
         if f.name != "dali":
             add_flag(p, f.name, f.default, f.type, f.metadata["help"], f.metadata.get("choices"))
     group = p.add_argument_group("DALI pipeline knobs")
     for f in fields(PipelineKnobs):
-        if f.name != "num_threads":  # that one is --workers
-            add_flag(group, f.name, f.default, f.type, f.metadata["help"])
+        add_flag(group, f.name, f.default, f.type, f.metadata["help"])
     return p
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     """The flags, on top of the chosen recipe's values, on top of the defaults."""
-    first = argparse.ArgumentParser(add_help=False)
+    first = FlagParser(add_help=False)
     first.add_argument("--recipe", choices=list(RECIPES), default="seed")
     recipe, _ = first.parse_known_args(argv)
     parser = build_parser()
@@ -244,7 +233,6 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     args = vars(parser.parse_args(argv))
     knob_names = {f.name for f in fields(PipelineKnobs)}
     knobs = {k: args.pop(k) for k in list(args) if k in knob_names}
-    knobs["num_threads"] = args["workers"]  # recorded in config.json as what it is
     return TrainConfig(**args, dali=PipelineKnobs(**knobs))
 
 
@@ -355,6 +343,12 @@ def schedule_problems(cfg: TrainConfig) -> list[str]:
 
 def parse_milestones(text: str) -> tuple[float, ...]:
     return tuple(float(m) for m in text.split(",") if m.strip())
+
+
+def step_milestones(epochs: int, warmup_epochs: float) -> tuple[float, float]:
+    """The step schedule's default milestones (epochs): 1/3 and 2/3 of the run after warmup."""
+    after = epochs - warmup_epochs
+    return warmup_epochs + after / 3, warmup_epochs + 2 * after / 3
 
 
 def ramp_epochs(cfg: TrainConfig) -> tuple[int, int]:

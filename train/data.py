@@ -18,25 +18,19 @@ even empty.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 import torch
 
-from prep.shardio import split_name
+from train.shards import Shards
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VAL_CROP_FRACTION = 0.875  # resize the shorter side to 256 for a 224 crop
 READER = "Reader"
-IMAGENET_TRAIN_IMAGES = 1_281_167
-
-
-class ShardsError(Exception):
-    """The shards folder is missing, incomplete or not made by `make shards`."""
+DEFAULT_THREADS = 8  # DALI CPU threads per pipeline: the trainer's --workers default
 
 
 def knob(default, help: str):
@@ -45,9 +39,10 @@ def knob(default, help: str):
 
 @dataclass(frozen=True)
 class PipelineKnobs:
-    """DALI settings; the defaults suit one H100 with 16 CPU cores and ImageNet JPEGs."""
+    """DALI settings; the defaults suit one H100 with 16 CPU cores and ImageNet JPEGs. The
+    thread count is not one of them: it is the trainer's --workers (make_loader's
+    num_threads)."""
 
-    num_threads: int = knob(8, "DALI CPU worker threads per pipeline (per rank)")
     prefetch: int = knob(2, "batches DALI prepares ahead (prefetch_queue_depth)")
     shuffle_buffer: int = knob(4096, "samples in the reader's shuffle buffer (initial_fill)")
     color_jitter: bool = knob(True, "train: brightness +-40%, contrast and saturation 0.8-1.2")
@@ -65,62 +60,6 @@ class PipelineKnobs:
 
 def knob_names() -> list[str]:
     return [f.name for f in fields(PipelineKnobs)]
-
-
-def load_manifest(shards_dir: str | Path) -> dict:
-    path = Path(shards_dir) / "manifest.json"
-    if not path.is_file():
-        hint = ""
-        if (Path(shards_dir) / "train").is_dir() or (Path(shards_dir) / "ILSVRC").is_dir():
-            hint = (
-                f"; {shards_dir} looks like a raw ImageNet folder: convert it first with "
-                f"`make shards DATA={shards_dir} SHARDS=shards`"
-            )
-        raise ShardsError(f"no manifest.json in {shards_dir}: not a shards folder{hint}")
-    manifest = json.loads(path.read_text())
-    for split, info in manifest["splits"].items():
-        for shard in info["shards"]:
-            for name in (shard["tar"], shard["index"]):
-                if not (Path(shards_dir) / name).is_file():
-                    raise ShardsError(
-                        f"{Path(shards_dir) / name} is missing ({split} split); "
-                        f"check with `python -m prep verify {shards_dir}`"
-                    )
-    return manifest
-
-
-def dataset_facts(shards_dir: str | Path, synthetic: bool = False) -> dict:
-    """num_classes, sample counts and the manifest of a shards folder; with `synthetic` and
-    no shards there, ImageNet's (the data is not read)."""
-    try:
-        manifest = load_manifest(shards_dir)
-    except ShardsError:
-        if not synthetic:
-            raise
-        return {"num_classes": 1000, "train": IMAGENET_TRAIN_IMAGES, "val": 0, "manifest": None}
-    classes_txt = Path(shards_dir) / "classes.txt"
-    if classes_txt.is_file() and len(classes_txt.read_text().split()) != manifest["num_classes"]:
-        raise ShardsError(
-            f"{classes_txt} lists {len(classes_txt.read_text().split())} classes but the manifest "
-            f"says {manifest['num_classes']}: the shards folder is inconsistent; rerun make shards"
-        )
-    return {
-        "num_classes": manifest["num_classes"],
-        "train": manifest["splits"]["train"]["num_samples"],
-        "val": manifest["splits"]["val"]["num_samples"],
-        "manifest": manifest,
-    }
-
-
-def sample_keys(shards_dir: str | Path, shards: list[dict]) -> list[str]:
-    """The keys (image file stems) of the samples of `shards` (a split's list in the manifest)
-    in the order they hold them, read from the DALI indexes (each sample's line names its
-    members, `<key>.jpg` first)."""
-    keys = []
-    for shard in shards:
-        lines = (Path(shards_dir) / shard["index"]).read_text().splitlines()[1:]
-        keys += [split_name(line.split()[3])[0] for line in lines]
-    return keys
 
 
 def decoder_kwargs(gpu: bool, knobs: PipelineKnobs) -> dict:
@@ -310,10 +249,11 @@ def epoch_order(
 
 
 def make_loader(
-    shards_dir: str | Path,
+    shards: Shards,
     split: str,
     *,
     batch_size: int,
+    num_threads: int = DEFAULT_THREADS,
     image_size: int = 224,
     rank: int = 0,
     world_size: int = 1,
@@ -323,7 +263,8 @@ def make_loader(
     epoch: int | None = None,
     **knobs,
 ) -> DaliLoader:
-    """A DALI loader over one split of a shards folder, for this rank of world_size.
+    """A DALI loader over one split of the shards, for this rank of world_size, with
+    num_threads DALI CPU threads.
 
     device "cpu" runs every operator on the CPU (`device_id=None`); "cuda[:N]" decodes with
     nvJPEG and augments on that GPU. `seed` seeds the reader identically on every rank (the
@@ -340,12 +281,11 @@ def make_loader(
 
     check_loader_args(split, rank, world_size, dtype, knobs)
     options = PipelineKnobs(**knobs)
-    info = load_manifest(shards_dir)["splits"][split]
+    info = shards.split(split)
     order, shard_id, reader_seed = list(range(len(info["shards"]))), rank, seed
     if epoch is not None and split == "train":
         order, shard_id, reader_seed = epoch_order(len(order), seed, epoch, rank, world_size)
-    files = [str(Path(shards_dir) / info["shards"][i]["tar"]) for i in order]
-    index_files = [str(Path(shards_dir) / info["shards"][i]["index"]) for i in order]
+    files, index_files = shards.paths(split, order)
     device = torch.device(device)
     gpu = device.type == "cuda"
     device_id = (
@@ -364,7 +304,7 @@ def make_loader(
         knobs=options,
         reshuffle=epoch is None,
         batch_size=batch_size,
-        num_threads=options.num_threads,
+        num_threads=num_threads,
         device_id=device_id,
         seed=reader_seed + rank,  # augmentations: different on every rank and epoch
         prefetch_queue_depth=options.prefetch,

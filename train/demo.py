@@ -1,21 +1,23 @@
 """python -m train.demo (make demo): the whole product end to end on a small real data set.
 
 scikit-learn's handwritten digits become an ImageNet-style folder tree (prep.digits), prep
-turns it into shards, and train.compare trains the baseline and the stochastic-depth
-ResNet-50 at 32x32 (on the GPU when there is one, else the CPU) and prints the comparison.
+turns it into shards, and train.compare (run as a process) trains the baseline and the
+stochastic-depth ResNet-50 at 32x32 (on the GPU when there is one, else the CPU) and prints
+the comparison.
 About 4 minutes on a 2-core CPU. Rerunning continues or skips what is done.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from prep.build import PrepOptions, build
 from prep.digits import write_digits
-from train.compare import main as compare_main
+from prep.flags import FlagParser
 
 TARGET_TOP1 = 0.90
 # Digits are 32x32 and centred: milder crops than ImageNet's, and no flips (a mirrored 3 is
@@ -28,9 +30,14 @@ TRAIN_FLAGS = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__.split("\n")[0])
+    p = FlagParser(prog="python -m train.demo", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="results/demo", help="where the data, shards and runs go")
-    p.add_argument("--workers", type=int, default=os.cpu_count(), help="CPU workers")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count(),
+        help="DALI CPU threads of every run (and prep's worker processes)",
+    )
     args = p.parse_args(argv)
     out = Path(args.out)
     data, shards, runs = out / "data", out / "shards", out / "compare"
@@ -38,17 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         counts = write_digits(data)
         print(f"demo: wrote {counts['train']} train and {counts['val']} val digit images to {data}")
     build(data, shards, PrepOptions(), workers=args.workers)
-    code = compare_main(
-        [
-            "--data_dir",
-            str(shards),
-            "--out",
-            str(runs),
-            "--workers",
-            str(args.workers),
-            *TRAIN_FLAGS,
-        ]
-    )
+    # train.compare in a process of its own: an entry point is run, not imported
+    compare = [sys.executable, "-m", "train.compare", "--data_dir", str(shards), "--out"]
+    try:
+        code = subprocess.run(
+            [*compare, str(runs), "--workers", str(args.workers), *TRAIN_FLAGS]
+        ).returncode
+    except KeyboardInterrupt:  # compare and its trainers got the Ctrl-C too, and saved
+        print("demo: interrupted; rerun make demo to continue")
+        return 130
     if code != 0:
         return code
     tops = {

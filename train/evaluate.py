@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -25,18 +24,22 @@ import torch
 import torch.distributed as dist
 
 from models import STAGE_BLOCKS, VARIANTS, build_resnet
+from prep.atomic import atomic_file, write_atomic
+from prep.flags import FlagParser
+from prep.provenance import code_version, machine_facts
 from train import checkpoint
 from train.config import ConfigError, Derived, TrainConfig, check, derive, from_dict
-from train.data import ShardsError, load_manifest, make_loader, sample_keys
+from train.data import DEFAULT_THREADS, make_loader
 from train.environment import dist_env, end_process_group, start_process_group
 from train.inputs import loader_kwargs
-from train.logs import code_version, machine_facts, write_atomic
 from train.loop import evaluate
+from train.shards import Shards, ShardsError, open_shards
 
 # Prefixes that wrappers leave on parameter names: DDP's module, torch.compile's _orig_mod.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # What an evaluation takes from a checkpoint's training config unless a flag says otherwise.
 FROM_TRAINING = ("val_res", "tta", "amp_dtype", "no_mixed_precision")
+BATCH_PER_PROCESS = 100  # the default --batch, per process
 
 
 class EvaluateError(Exception):
@@ -166,26 +169,29 @@ def state_dict_weights(loaded, path: Path, depth: int | None, variant: str | Non
     )
 
 
-def val_split(manifest: dict, data_dir: str) -> int:
-    val = manifest["splits"].get("val")
-    if not val or not val["num_samples"]:
+def val_images(shards: Shards) -> int:
+    images = shards.num_samples("val")
+    if not images:
         raise EvaluateError(
-            f"{data_dir} has no val split: make shards from a folder with val images "
+            f"{shards.folder} has no val split: make shards from a folder with val images "
             "(val/<wnid>/*.JPEG, or a flat val/ with its labels)"
         )
-    return val["num_samples"]
+    return images
 
 
 def eval_config(args: argparse.Namespace, weights: Weights, world_size: int) -> TrainConfig:
     """The trainer's config for this evaluation: the checkpoint's (or the defaults), with the
-    flags given here on top. --batch is per process here; the trainer's is global."""
+    flags given here on top. --image_size without --val_res sets the crop, as in the
+    trainer, where --val_res defaults to --image_size."""
     base = from_dict(weights.config) if weights.config else TrainConfig()
     given = {k: getattr(args, k) for k in FROM_TRAINING if getattr(args, k) is not None}
+    if args.image_size is not None and args.val_res is None:
+        given["val_res"] = args.image_size
     return dataclasses.replace(
         base,
         **given,
         data_dir=args.data_dir,
-        batch=args.batch * world_size,
+        batch=args.batch if args.batch is not None else BATCH_PER_PROCESS * world_size,
         accum=1,
         workers=args.workers,
         device=args.device,
@@ -207,13 +213,12 @@ def gather_rows(parts: list[tuple[torch.Tensor, torch.Tensor]], world_size: int)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = FlagParser(
         prog="python -m train.evaluate",
         description="Top-1, top-5 and loss of a checkpoint (best.pt, last.pt) or a bare "
         "state_dict (torchvision's resnet50/101/152 .pth) on the val shards, through the "
         "trainer's own DALI val pipeline. Several GPUs: torchrun --nproc_per_node=N -m "
         "train.evaluate ...",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data_dir", default="shards", help="shards folder written by make shards")
     p.add_argument("--weights", required=True, help="checkpoint or state_dict file")
@@ -228,22 +233,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=VARIANTS,
         help="variant of a bare state_dict (default: whichever fits, torchvision's v1.5 first)",
     )
-    p.add_argument("--batch", type=int, default=100, help="images per batch on each process")
+    p.add_argument(
+        "--batch",
+        type=int,
+        help=f"images per step over all processes, as the trainer's --batch (default: "
+        f"{BATCH_PER_PROCESS} per process)",
+    )
     p.add_argument("--device", help="cuda or cpu (default: cuda when there is one)")
-    p.add_argument("--workers", type=int, default=8, help="DALI CPU threads per process")
+    p.add_argument(
+        "--workers", type=int, default=DEFAULT_THREADS, help="DALI CPU threads per process"
+    )
+    add_evaluation_flags(p)
+    p.add_argument("--json", help="write the figures to this JSON file")
+    p.add_argument(
+        "--logits",
+        help="write every val image's logits, label and key (its file name stem), in the shards' "
+        "order, to this .npz file",
+    )
+    return p.parse_args(argv)
+
+
+def add_evaluation_flags(p: argparse.ArgumentParser) -> None:
+    """How the images are evaluated: crop, flip TTA, which weights, precision (default: as
+    the checkpoint's run evaluated)."""
     p.add_argument(
         "--val_res",
-        "--image_size",
         type=int,
         help="centre-crop size; the shorter side is resized to size / 0.875 first (default: "
-        "the checkpoint's --val_res, else its training --image_size, else 224)",
+        "the checkpoint's --val_res, else --image_size)",
+    )
+    p.add_argument(
+        "--image_size",
+        type=int,
+        help="the weights' training crop size, the crop when --val_res is not given, as in "
+        "the trainer (default: the checkpoint's, else 224)",
     )
     p.add_argument(
         "--tta",
-        action=argparse.BooleanOptionalAction,
+        action="store_const",
+        const=True,
         help="average the logits of each image and its mirror image (default: as the "
         "checkpoint's run evaluated, else off)",
     )
+    p.add_argument("--no_tta", dest="tta", action="store_const", const=False, help="turn off")
     p.add_argument(
         "--ema",
         action="store_true",
@@ -261,23 +293,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         const=True,
         help="evaluate in float32 (default on a GPU: mixed precision, as in training)",
     )
-    p.add_argument("--json", help="write the figures to this JSON file")
-    p.add_argument(
-        "--logits",
-        help="write every val image's logits, label and key (its file name stem), in the shards' "
-        "order, to this .npz file",
-    )
-    return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -> dict:
-    manifest = load_manifest(args.data_dir)
-    images = val_split(manifest, args.data_dir)
+    shards = open_shards(args.data_dir)
+    images = val_images(shards)
     weights = read_weights(Path(args.weights), args.depth, args.variant, args.ema)
-    if weights.num_classes != manifest["num_classes"]:
+    if weights.num_classes != shards.num_classes:
         raise EvaluateError(
             f"--weights {args.weights} classifies {weights.num_classes} classes, but the shards "
-            f"in {args.data_dir} have {manifest['num_classes']}: evaluate it on shards of the "
+            f"in {args.data_dir} have {shards.num_classes}: evaluate it on shards of the "
             "data it was trained for"
         )
     cfg = eval_config(args, weights, world_size)
@@ -289,7 +314,7 @@ def run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -
     model.to(d.device)
     if d.channels_last:
         model.to(memory_format=torch.channels_last)
-    loader = make_loader(args.data_dir, "val", **loader_kwargs(cfg, d, d.val_res))
+    loader = make_loader(shards, "val", **loader_kwargs(cfg, d, d.val_res))
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def keep(logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -304,20 +329,19 @@ def run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -
             "report this"
         )
     if args.logits:
-        write_logits(Path(args.logits), parts, args.data_dir, manifest, d)
+        write_logits(Path(args.logits), parts, shards, d)
     return result_record(args, weights, cfg, d, result, seconds)
 
 
-def write_logits(path: Path, parts: list, data_dir: str, manifest: dict, d: Derived) -> None:
+def write_logits(path: Path, parts: list, shards: Shards, d: Derived) -> None:
     """Every val image's logits, label and key, gathered on rank 0, in the shards' order."""
     logits, labels = gather_rows(parts, d.world_size)
     if d.rank != 0:
         return
-    keys = sample_keys(data_dir, manifest["splits"]["val"]["shards"])
+    keys = shards.sample_keys("val")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.npz")
-    np.savez(tmp, logits=logits.numpy(), labels=labels.numpy(), keys=np.array(keys))
-    os.replace(tmp, path)
+    with atomic_file(path) as f:  # a file object: np.savez adds no .npz to the name
+        np.savez(f, logits=logits.numpy(), labels=labels.numpy(), keys=np.array(keys))
 
 
 def result_record(

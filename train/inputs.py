@@ -10,15 +10,16 @@ import torch
 from train.config import Derived, TrainConfig
 from train.data import DaliLoader, make_loader
 from train.schedule import StepPlan, train_resolution
+from train.shards import Shards, train_counts
 
 
 def loader_kwargs(cfg: TrainConfig, d: Derived, image_size: int) -> dict:
     """make_loader's arguments for this rank at this crop size, from the config (--workers:
     the DALI threads)."""
     knobs = {k: getattr(cfg.dali, k) for k in cfg.dali.__dataclass_fields__}
-    knobs["num_threads"] = cfg.workers  # --workers is the DALI thread count
     return {
         "batch_size": d.micro_batch,
+        "num_threads": cfg.workers,
         "image_size": image_size,
         "rank": d.rank,
         "world_size": d.world_size,
@@ -42,14 +43,15 @@ def synthetic_batches(d: Derived, n: int, image_size: int, num_classes: int, see
 
 
 def train_batches(
-    cfg: TrainConfig, d: Derived, data_dir: str, epoch: int, plan: StepPlan, num_classes: int
+    cfg: TrainConfig, d: Derived, shards: Shards | None, epoch: int, plan: StepPlan
 ) -> Iterable:
     """This rank's batches of one epoch at its train resolution: a pure function of (--seed,
     epoch), so that a resumed run sees what an uninterrupted one would have."""
     size = train_resolution(d, epoch)
     if cfg.synthetic:
-        return synthetic_batches(d, plan.batches_per_epoch, size, num_classes, cfg.seed + epoch)
-    batches = make_loader(data_dir, "train", epoch=epoch, **loader_kwargs(cfg, d, size))
+        classes = train_counts(shards)[1]
+        return synthetic_batches(d, plan.batches_per_epoch, size, classes, cfg.seed + epoch)
+    batches = make_loader(shards, "train", epoch=epoch, **loader_kwargs(cfg, d, size))
     if len(batches) != plan.loader_batches:  # the step count every rank relies on
         raise RuntimeError(
             f"DALI yields {len(batches)} batches per epoch, the trainer planned "
@@ -58,9 +60,9 @@ def train_batches(
     return batches
 
 
-def val_batches(cfg: TrainConfig, d: Derived, data_dir: str) -> DaliLoader | None:
+def val_batches(cfg: TrainConfig, d: Derived, shards: Shards | None) -> DaliLoader | None:
     """This rank's share of the val images, each counted once over the ranks (none for
     --synthetic)."""
     if cfg.synthetic:
         return None
-    return make_loader(data_dir, "val", **loader_kwargs(cfg, d, d.val_res))
+    return make_loader(shards, "val", **loader_kwargs(cfg, d, d.val_res))

@@ -1,20 +1,18 @@
 """What a run writes and says beside its checkpoints: config.json, training_history.csv,
 training_summary.csv/.json, TensorBoard events, and the lines it prints (rank 0 only). Every
-file is written under a temporary name and renamed."""
+file is written whole or not at all (prep.atomic)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
-import platform
-import subprocess
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
+from prep.atomic import write_atomic
+from prep.provenance import code_version, machine_facts
 from train.config import Derived, TrainConfig, to_dict
 from train.schedule import train_resolution
 
@@ -40,13 +38,6 @@ def say(d: Derived | None, *lines: str) -> None:
     if d is None or d.rank == 0:
         for line in lines:
             tqdm.write(line)
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def csv_text(rows: list[dict], columns: list[str]) -> str:
@@ -181,40 +172,6 @@ def done_line(summary: dict, out: Path) -> str:
         f"final top-1 {fmt(summary['final_top1'])}, top-5 {fmt(summary['final_top5'])}; "
         f"outputs in {out}"
     )
-
-
-def code_version() -> str:
-    here = Path(__file__).resolve().parent
-    try:
-        result = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=here, capture_output=True, text=True, timeout=10, check=True,
-        )  # fmt: skip
-        return result.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def machine_facts(device: torch.device, world_size: int) -> dict:
-    facts = {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpus": os.cpu_count(),
-        "world_size": world_size,
-        "device": str(device),
-    }
-    try:
-        import nvidia.dali
-
-        facts["dali"] = nvidia.dali.__version__
-    except ImportError:
-        pass
-    if device.type == "cuda":
-        facts["gpu"] = torch.cuda.get_device_name(device)
-        facts["cuda"] = torch.version.cuda
-    return facts
 
 
 class Board:

@@ -36,7 +36,7 @@ class NonFiniteLoss(Exception):
 
 class Interrupted(Exception):
     """A stop was requested (SIGTERM, SIGINT): the epoch stopped after `batches_done`;
-    `totals` are the running totals summed over the ranks."""
+    `totals` are every rank's running totals, (world_size, 3)."""
 
     def __init__(self, batches_done: int, totals: torch.Tensor, seconds: float) -> None:
         super().__init__("interrupted")
@@ -66,8 +66,8 @@ class Run:
         return minutes > 0 and time.monotonic() - self.saved_at >= 60 * minutes
 
 
-# What the epoch loop calls to save last.pt mid-epoch: (batches done, totals summed over the
-# ranks, seconds of training in the epoch so far) -> None.
+# What the epoch loop calls to save last.pt mid-epoch: (batches done, every rank's totals,
+# seconds of training in the epoch so far) -> None.
 SavePosition = Callable[[int, torch.Tensor, float], None]
 
 
@@ -96,12 +96,28 @@ def agreed_actions(run: Run) -> tuple[bool, bool]:
     return bool(stop), bool(save)
 
 
-def summed_over_ranks(totals: torch.Tensor, d: Derived) -> torch.Tensor:
-    """A copy of this rank's running totals summed over the ranks (what a checkpoint keeps)."""
-    summed = totals.clone()
-    if d.world_size > 1:
-        dist.all_reduce(summed)
-    return summed
+def every_ranks_totals(totals: torch.Tensor, d: Derived) -> torch.Tensor:
+    """Every rank's running totals, (world_size, 3) (what a checkpoint keeps: each rank
+    resumes its own float32 sums, so the epoch's metrics come out bit for bit as if it had
+    not stopped; a sum over the ranks would add in another order)."""
+    if d.world_size == 1:
+        return totals.clone()[None]
+    rows = [torch.empty_like(totals) for _ in range(d.world_size)]
+    dist.all_gather(rows, totals)
+    return torch.stack(rows)
+
+
+def resumed_totals(saved: torch.Tensor | None, d: Derived) -> torch.Tensor:
+    """This rank's running totals at the start of an epoch: its own row of a checkpoint's;
+    a checkpoint of another number of ranks (or of a version that summed them): rank 0
+    carries their sum."""
+    totals = torch.zeros(3, device=d.device)
+    if saved is None:
+        return totals
+    saved = saved.to(d.device, torch.float32).reshape(-1, 3)
+    if saved.shape[0] == d.world_size:
+        return saved[d.rank].clone()
+    return saved.sum(0) if d.rank == 0 else totals
 
 
 def train_step(run: Run, images, labels, boundary: bool):
@@ -145,14 +161,11 @@ def train_one_epoch(
     save_position: SavePosition | None = None,
 ) -> dict:
     """Train one epoch from batch `start_batch` on; returns the epoch's train metrics.
-    Resumed mid-epoch, `totals` are the saved ones, summed over the ranks: rank 0 carries
-    them on. At a log point where a save is due, save_position saves last.pt."""
+    Resumed mid-epoch, `totals` are the saved ones (resumed_totals). At a log point where a
+    save is due, save_position saves last.pt."""
     cfg, d = run.cfg, run.d
     run.train_model.train()
-    # (loss sum, correct, samples) of this rank, on the device
-    if totals is None or d.rank != 0:
-        totals = torch.zeros(3, device=d.device)
-    totals = totals.to(d.device)
+    totals = resumed_totals(totals, d)  # (loss sum, correct, samples) of this rank, on the device
     bad_step = torch.full((), -1, dtype=torch.long, device=d.device)
     last = run.plan.batches_per_epoch - (2 if run.plan.skip_last_batch else 1)  # last used
     bar = epoch_bar(run, epoch, last + 1, start_batch)
@@ -185,12 +198,12 @@ def train_one_epoch(
             log_point(run, bar, (epoch, step, done), bad_step, loss, lr, rate)
             stop, save = agreed_actions(run)
             if stop or (save and i != last and save_position is not None):
-                summed = summed_over_ranks(totals, d)
+                every = every_ranks_totals(totals, d)
                 seconds = seconds_before + time.perf_counter() - start
                 if stop:
                     bar.close()
-                    raise Interrupted(done, summed, seconds)
-                save_position(done, summed, seconds)
+                    raise Interrupted(done, every, seconds)
+                save_position(done, every, seconds)
     bar.close()
     if d.device.type == "cuda":
         torch.cuda.synchronize(d.device)

@@ -1,12 +1,13 @@
-"""python -m train: the run, top to bottom. Check the flags and the data, set up (ranks, RAM
+"""python -m train: the run, top to bottom. Check the flags and the shards, set up (ranks, RAM
 cache, model, resume, outputs), then epoch after epoch train, evaluate, save and log, and at
 the end the summary.
 
-The building blocks live in the files named for them: config (flags), environment (ranks,
-process group), ram_cache (--cache), model and optimizer (the training state), resume and
-checkpoint (last.pt, best.pt), schedule (steps, learning rate), inputs and data (batches),
-loop (one epoch, one evaluation), signals (SIGTERM, Ctrl-C), logs (what a run writes and
-says). Nothing imports this file but train/__main__.py.
+The building blocks live in the files named for them: config (flags), shards (the shards
+folder, read once), environment (ranks, process group), ram_cache (--cache), model and
+optimizer (the training state), resume and checkpoint (last.pt, best.pt), schedule (steps,
+learning rate), inputs and data (batches), loop (one epoch, one evaluation), signals
+(SIGTERM, Ctrl-C), logs (what a run writes and says). Nothing imports this file but
+train/__main__.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from train.checkpoint import Progress, remove_stale_temporaries, save_training
+from train.checkpoint import Progress, remove_stale_temporaries, save_position, save_training
 from train.config import (
     DEFAULT_WARMUP_EPOCHS,
     ConfigError,
@@ -32,7 +33,6 @@ from train.config import (
     parse_config,
     to_dict,
 )
-from train.data import ShardsError, dataset_facts
 from train.ema import build_average, step_decay
 from train.environment import (
     ReplicaError,
@@ -62,8 +62,9 @@ from train.model import build_training, parameter_count
 from train.plan import print_plan
 from train.ram_cache import cache_shards
 from train.resume import ResumeError, checkpoint_to_resume, restore, restore_average
-from train.schedule import plan_steps, train_resolution
-from train.signals import exit_code, install_stop_handlers
+from train.schedule import evaluation_due, plan_steps, train_resolution
+from train.shards import Shards, ShardsError, is_shards_folder, open_shards, train_counts
+from train.signals import install_stop_handlers, stopped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,16 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     rank, world_size, local_rank = dist_env()
     cached = None
     try:
+        shards = checked_shards(cfg, world_size)
         if cfg.dry_run:
-            return print_plan(cfg, world_size)
-        facts = checked_facts(cfg, world_size)
+            return print_plan(cfg, world_size, shards)
         d = derive(cfg, rank, world_size, local_rank)
         start_process_group(d, cfg.dist_timeout_minutes)
         check_same_flags(cfg, d)
-        data_dir = cfg.data_dir
-        if cfg.cache and facts["manifest"] is not None:
-            data_dir, cached = cache_shards(cfg.data_dir, d, facts["manifest"])
-        return train(cfg, d, facts, data_dir)
+        if cfg.cache and shards is not None:
+            shards, cached = cache_shards(shards, d)
+        return train(cfg, d, shards)
     except (ConfigError, ShardsError, ResumeError) as e:
         return failed(rank, e, 2)
     except (NonFiniteLoss, ReplicaError) as e:
@@ -102,15 +102,18 @@ def main(argv: list[str] | None = None) -> int:
         end_process_group()
 
 
-def checked_facts(cfg: TrainConfig, world_size: int) -> dict:
-    """The data set's facts, once every problem of the flags and the data folder is ruled out
-    (ConfigError names them all at once)."""
+def checked_shards(cfg: TrainConfig, world_size: int) -> Shards | None:
+    """The shards of --data_dir, read once, when every problem of the flags and the shards
+    folder is ruled out (ConfigError names them all at once). None: ImageNet's counts, for
+    --synthetic (which reads no data) and a --dry_run without shards."""
+    shards, problems = None, []
     try:
-        facts, data_problems = dataset_facts(cfg.data_dir, cfg.synthetic), []
+        if is_shards_folder(cfg.data_dir) or not (cfg.synthetic or cfg.dry_run):
+            shards = open_shards(cfg.data_dir)
     except ShardsError as e:
-        facts, data_problems = None, [str(e)]
-    check(cfg, world_size, data_problems)
-    return facts
+        problems = [] if cfg.synthetic else [str(e)]
+    check(cfg, world_size, problems)
+    return shards
 
 
 def failed(rank: int, error: Exception, code: int) -> int:
@@ -119,16 +122,16 @@ def failed(rank: int, error: Exception, code: int) -> int:
     return code
 
 
-def train(cfg: TrainConfig, d: Derived, facts: dict, data_dir: str) -> int:
+def train(cfg: TrainConfig, d: Derived, shards: Shards | None) -> int:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if d.rank == 0:
         remove_stale_temporaries(out)
-    num_classes = facts["num_classes"]
+    train_images, num_classes = train_counts(shards)
     ckpt = checkpoint_to_resume(cfg, d, out, num_classes)
     model, train_model, optimizer, scaler = build_training(cfg, d, num_classes)
     progress = restore(ckpt, model, optimizer, scaler) if ckpt else Progress()
-    plan = plan_steps(cfg, d, facts["train"])
+    plan = plan_steps(cfg, d, train_images)
     ema = None
     if cfg.ema:  # from the resumed weights; then the checkpoint's average, if it holds one
         ema = build_average(model, step_decay(cfg.ema_halflife, plan.steps_per_epoch))
@@ -136,26 +139,16 @@ def train(cfg: TrainConfig, d: Derived, facts: dict, data_dir: str) -> int:
     # TensorBoard drops what a killed run wrote after the step it resumes from
     resumed_step = progress.epoch * plan.steps_per_epoch + progress.batches_done // cfg.accum
     board = Board(out, d.rank == 0, resumed_step if ckpt else None)
-    run = Run(
-        cfg=cfg,
-        d=d,
-        model=model,
-        train_model=train_model,
-        optimizer=optimizer,
-        scaler=scaler,
-        board=board,
-        plan=plan,
-        ema=ema,
-    )
+    run = Run(cfg, d, model, train_model, optimizer, scaler, board, plan, ema)
     install_stop_handlers(run)
-    announce(run, out, num_classes, data_dir)
-    val = val_batches(cfg, d, data_dir)
+    announce(run, out, num_classes, shards)
+    val = val_batches(cfg, d, shards)
     started = time.time() - sum(r["epoch_seconds"] for r in progress.history)
     with contextlib.closing(run.board):  # flushes TensorBoard whatever happens
         first_epoch = progress.epoch
         for epoch in range(first_epoch, cfg.epochs):
             say(d, *resolution_lines(d, epoch, first=epoch == first_epoch))
-            batches = train_batches(cfg, d, data_dir, epoch, plan, num_classes)
+            batches = train_batches(cfg, d, shards, epoch, plan)
             try:
                 row = train_one_epoch(
                     run,
@@ -164,22 +157,21 @@ def train(cfg: TrainConfig, d: Derived, facts: dict, data_dir: str) -> int:
                     start_batch=progress.batches_done,
                     totals=progress.totals,
                     seconds_before=progress.seconds,
-                    save_position=partial(save_mid_epoch, run, out, progress, epoch, num_classes),
+                    save_position=partial(save_position, out, run, progress, epoch, num_classes),
                 )
             except Interrupted as stop:
                 return stopped(run, out, epoch, stop, progress, num_classes)
             del batches
-            progress = replace(progress, epoch=epoch + 1, batches_done=0, totals=None, seconds=0.0)
             if val is not None and evaluation_due(cfg, epoch):
                 row.update(evaluate_live_and_average(run, val))
             row = {"epoch": epoch + 1, "train_res": train_resolution(d, epoch), **row}
-            end_epoch(run, out, row, progress, num_classes, started)
+            progress = end_epoch(run, out, row, progress, num_classes, started)
         if d.rank == 0:
             finish(run, out, progress, started)
     return 0
 
 
-def announce(run: Run, out: Path, num_classes: int, data_dir: str) -> None:
+def announce(run: Run, out: Path, num_classes: int, shards: Shards | None) -> None:
     """config.json, and the lines that say what this run trains and how."""
     cfg, d = run.cfg, run.d
     parameters = parameter_count(run.model)
@@ -192,7 +184,7 @@ def announce(run: Run, out: Path, num_classes: int, data_dir: str) -> None:
                 "steps_per_epoch": run.plan.steps_per_epoch,
                 "parameters": parameters,
                 "num_classes": num_classes,
-                "data_dir_used": data_dir,
+                "data_dir_used": None if shards is None else str(shards.folder),
                 "ema_decay_per_step": None if run.ema is None else run.ema.decay,
             },
         )
@@ -205,25 +197,25 @@ def announce(run: Run, out: Path, num_classes: int, data_dir: str) -> None:
         )
 
 
-def evaluation_due(cfg: TrainConfig, epoch: int) -> bool:
-    return (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
-
-
 def end_epoch(
     run: Run, out: Path, row: dict, progress: Progress, num_classes: int, started: float
-) -> None:
+) -> Progress:
     """After an epoch's training and evaluation: check that the ranks agree, then record it
-    (history, last.pt and best.pt, CSV, summary, TensorBoard) and say it."""
+    (history, last.pt and best.pt, CSV, summary, TensorBoard) and say it; the new progress."""
     cfg, d, epoch = run.cfg, run.d, row["epoch"] - 1
     if d.world_size > 1:
         row["replicas_identical"] = check_replicas(run.model, d, epoch)
-    progress.history.append(row)
     top1, weights = best_top1_of(row)
-    if top1 is not None and top1 > progress.best_top1:
-        progress.best_top1, progress.best_weights = top1, weights
-        improved = True
-    else:
-        improved = False
+    improved = top1 is not None and top1 > progress.best_top1
+    progress = replace(
+        progress,
+        epoch=epoch + 1,
+        batches_done=0,
+        totals=None,
+        seconds=0.0,
+        history=(*progress.history, row),
+        **({"best_top1": top1, "best_weights": weights} if improved else {}),
+    )
     if d.rank == 0:
         save_training(out, run, progress, num_classes, best=improved)
         write_history(out, progress.history)
@@ -232,6 +224,7 @@ def end_epoch(
     say(d, epoch_line(row, cfg.epochs))
     if d.world_size > 1:
         dist.barrier()
+    return progress
 
 
 def run_summary(run: Run, progress: Progress, started: float) -> dict:
@@ -241,46 +234,6 @@ def run_summary(run: Run, progress: Progress, started: float) -> dict:
         total_seconds=time.time() - started,
         config=to_dict(run.cfg),
     )
-
-
-def save_mid_epoch(
-    run: Run,
-    out: Path,
-    progress: Progress,
-    epoch: int,
-    num_classes: int,
-    batches_done: int,
-    totals,
-    seconds: float,
-) -> None:
-    """--checkpoint_every_minutes: last.pt at this batch of the epoch (rank 0 writes it, and
-    its clock restarts there)."""
-    position = replace(
-        progress, epoch=epoch, batches_done=batches_done, totals=totals, seconds=seconds
-    )
-    if run.d.rank == 0:
-        save_training(out, run, position, num_classes, best=False)
-
-
-def stopped(
-    run: Run, out: Path, epoch: int, stop: Interrupted, progress: Progress, num_classes: int
-) -> int:
-    """A signal stopped the epoch: save last.pt at the batch reached; the exit code."""
-    progress = replace(
-        progress,
-        epoch=epoch,
-        batches_done=stop.batches_done,
-        totals=stop.totals,
-        seconds=stop.seconds,
-    )
-    saved = save_training(out, run, progress, num_classes, best=False) if run.d.rank == 0 else True
-    where = f"saved {out / 'last.pt'}" if saved else "could not save it (see above)"
-    say(
-        run.d,
-        f"stopped by a signal at epoch {epoch + 1}, batch {stop.batches_done}; {where}: rerun "
-        "the same command to resume",
-    )
-    return exit_code(run)
 
 
 def finish(run: Run, out: Path, progress: Progress, started: float) -> None:

@@ -7,15 +7,13 @@ seed recipe at the same depth."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from functools import cache
-from pathlib import Path
 
 from models import survival_probs
 from models.flops import skipped_share, training_flops
 from train.config import TrainConfig, check, derive, fitted_warmup_epochs
-from train.data import IMAGENET_TRAIN_IMAGES
 from train.schedule import lr_of, plan_steps, train_resolution
+from train.shards import MANIFEST, Shards, train_counts
 
 
 @cache
@@ -27,13 +25,12 @@ def flops_per_image(depth: int, variant: str, size: int, classes: int, sd: str, 
     return total * (1 - skipped_share(survival_probs(len(branches), pL), total, branches))
 
 
-def data_counts(cfg: TrainConfig) -> tuple[int, int, str]:
+def data_counts(shards: Shards | None) -> tuple[int, int, str]:
     """(train images, classes, where they come from): the manifest's, else ImageNet's."""
-    manifest = Path(cfg.data_dir) / "manifest.json"
-    if manifest.is_file():
-        facts = json.loads(manifest.read_text())
-        return facts["splits"]["train"]["num_samples"], facts["num_classes"], str(manifest)
-    return IMAGENET_TRAIN_IMAGES, 1000, "ImageNet's count (no manifest.json in --data_dir)"
+    images, classes = train_counts(shards)
+    if shards is None:
+        return images, classes, f"ImageNet's count (no {MANIFEST} in --data_dir)"
+    return images, classes, str(shards.folder / MANIFEST)
 
 
 def run_plan(cfg: TrainConfig, world_size: int, images: int, classes: int) -> dict:
@@ -59,7 +56,7 @@ def run_plan(cfg: TrainConfig, world_size: int, images: int, classes: int) -> di
 
 def seed_reference(cfg: TrainConfig) -> TrainConfig:
     """The seed recipe at the same depth and variant, without stochastic depth."""
-    return TrainConfig(depth=cfg.depth, variant=cfg.variant, data_dir=cfg.data_dir)
+    return TrainConfig(depth=cfg.depth, variant=cfg.variant)
 
 
 def resolution_ranges(resolutions: list[int]) -> str:
@@ -72,10 +69,11 @@ def resolution_ranges(resolutions: list[int]) -> str:
     return ", ".join(parts)
 
 
-def print_plan(cfg: TrainConfig, world_size: int) -> int:
-    """Check the flags, print the plan; the exit code."""
+def print_plan(cfg: TrainConfig, world_size: int, shards: Shards | None) -> int:
+    """Check the flags, print the plan of a run on `shards` (None: ImageNet's counts); the
+    exit code."""
     check(cfg, world_size)
-    images, classes, source = data_counts(cfg)
+    images, classes, source = data_counts(shards)
     plan = run_plan(cfg, world_size, images, classes)
     reference = run_plan(seed_reference(cfg), world_size, images, classes)
     sd = f"stochastic depth {cfg.sd_mode} (pL {cfg.pL})" if cfg.sd else "no stochastic depth"

@@ -75,7 +75,7 @@ def restore(ckpt: dict, model, optimizer, scaler) -> Progress:
     scaler.load_state_dict(ckpt["scaler"])
     checkpoint.set_rng_state(ckpt["rng"], model)
     # Rows of versions without progressive resizing: they trained at --image_size throughout.
-    history = [{"train_res": ckpt["config"]["image_size"], **row} for row in ckpt["history"]]
+    history = tuple({"train_res": ckpt["config"]["image_size"], **row} for row in ckpt["history"])
     return Progress(
         epoch=ckpt["epoch"],
         batches_done=ckpt["batches_done"],

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from train.config import Derived, TrainConfig
+from train.config import RESOLUTION_STEP, Derived, TrainConfig
 
 FINAL_LR = 1e-6  # where cosine ends
 STEP_GAMMA = 0.1  # the step schedule's factor at each milestone
 MIN_LAST_BATCH = 2
-RESOLUTION_STEP = 32  # progressive resizing rounds to multiples of this (FFCV's rule)
 
 
 @dataclass(frozen=True)
@@ -88,6 +85,11 @@ def lr_at(
     return FINAL_LR + (base_lr - FINAL_LR) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def evaluation_due(cfg: TrainConfig, epoch: int) -> bool:
+    """--eval_every: evaluate after every N-th epoch (counted from 0) and after the last."""
+    return (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+
+
 def train_resolution(d: Derived, epoch: int) -> int:
     """The train crop size of `epoch` (counted from 0)."""
     return resolution_at(epoch, d.min_res, d.max_res, d.start_ramp, d.end_ramp)
@@ -103,12 +105,6 @@ def lr_of(plan: StepPlan, base_lr: float, step: int) -> float:
         schedule=plan.schedule,
         milestones=plan.milestones,
     )
-
-
-def step_milestones(epochs: int, warmup_epochs: float) -> tuple[float, float]:
-    """The step schedule's default milestones (epochs): 1/3 and 2/3 of the run after warmup."""
-    after = epochs - warmup_epochs
-    return warmup_epochs + after / 3, warmup_epochs + 2 * after / 3
 
 
 def resolution_at(epoch: int, min_res: int, max_res: int, start_ramp: int, end_ramp: int) -> int:

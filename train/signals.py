@@ -1,13 +1,16 @@
 """Stopping on request: SIGTERM (a cluster's preemption) and SIGINT (Ctrl-C) ask the epoch
 loop to stop at its next log point, where the ranks agree, save last.pt mid-epoch and exit;
-a second Ctrl-C stops at once."""
+a second Ctrl-C stops at once. The trainer's exit code then says which signal it was."""
 
 from __future__ import annotations
 
 import signal
+from dataclasses import replace
+from pathlib import Path
 
+from train.checkpoint import Progress, save_training
 from train.logs import say
-from train.loop import Run
+from train.loop import Interrupted, Run
 
 
 def install_stop_handlers(run: Run) -> None:
@@ -29,3 +32,24 @@ def install_stop_handlers(run: Run) -> None:
 def exit_code(run: Run) -> int:
     """The exit code of a run stopped by a signal: 143 for SIGTERM, 130 for Ctrl-C."""
     return 128 + signal.SIGTERM if run.stop_requested[0] == "SIGTERM" else 130
+
+
+def stopped(
+    run: Run, out: Path, epoch: int, stop: Interrupted, progress: Progress, num_classes: int
+) -> int:
+    """A signal stopped the epoch: save last.pt at the batch reached; the exit code."""
+    progress = replace(
+        progress,
+        epoch=epoch,
+        batches_done=stop.batches_done,
+        totals=stop.totals,
+        seconds=stop.seconds,
+    )
+    saved = save_training(out, run, progress, num_classes, best=False) if run.d.rank == 0 else True
+    where = f"saved {out / 'last.pt'}" if saved else "could not save it (see above)"
+    say(
+        run.d,
+        f"stopped by a signal at epoch {epoch + 1}, batch {stop.batches_done}; {where}: rerun "
+        "the same command to resume",
+    )
+    return exit_code(run)

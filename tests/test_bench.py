@@ -1,0 +1,44 @@
+"""train.bench on the CPU with the tiny shards: each benchmark runs, prints its table and
+writes its JSON whole, with the code version and the machine facts that config.json has."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prep.provenance import machine_facts
+from train.bench import main as bench_main
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_train_times_each_mode_and_records_where_it_ran(tiny_shards, tmp_path, capsys):
+    out = tmp_path / "train.json"
+    bench_main(
+        ["train", "--data-dir", str(tiny_shards), "--device", "cpu", "--depth", "50",
+         "--batch", "2", "--image_size", "32", "--warmup", "1", "--batches", "2",
+         "--workers", "1", "--sd_modes", "off,batch", "--json", str(out)]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "32 px: SD batch / SD off (synthetic)" in printed
+    result = json.loads(out.read_text())
+    assert [r["sd"] for r in result["rows"]] == ["off", "batch"]
+    assert all(
+        r["dali"]["images_per_s"] > 0 and r["synthetic"]["step_ms"] > 0 for r in result["rows"]
+    )
+    assert result["code_version"] not in ("", None)
+    assert set(machine_facts()) <= set(result["machine"])
+    assert not list(tmp_path.glob(".*.tmp.*"))
+
+
+def test_bench_checkpoint_saves_as_the_trainer_does(tmp_path, capsys):
+    out = tmp_path / "checkpoint.json"
+    bench_main(
+        ["checkpoint", "--device", "cpu", "--rounds", "1", "--out", str(tmp_path),
+         "--json", str(out)]
+    )  # fmt: skip
+    assert "save as the trainer does" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["bytes"] > 100e6 and len(result["save_seconds"]) == 1  # ResNet-50's last.pt
+    assert result["code_version"] and result["machine"]["device"] == "cpu"

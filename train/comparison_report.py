@@ -1,0 +1,165 @@
+"""The comparison of finished runs: comparison.csv, comparison.md, comparison.json and
+comparison.png from each run's training_summary.json and training_history.csv. With two runs,
+the second minus the first is reported too (the first arm is the reference). Where the runs'
+per-image val logits are there (train.compare writes them), every arm is tested against the
+first on the same images (train.verdicts), and with several seeds per arm the seeds' spread
+is reported too. What train.report and train.compare both print."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from prep.atomic import write_atomic
+from train import verdicts
+from train.logs import csv_text
+from train.plot import plot
+
+COLUMNS = [
+    "run",
+    "best_top1",
+    "best_top5",
+    "best_epoch",
+    "final_top1",
+    "final_top5",
+    "epochs",
+    "wall_seconds",
+    "images_per_second",
+]
+
+
+class ReportError(Exception):
+    pass
+
+
+def read_run(run_dir: Path, label: str) -> dict:
+    """A run's summary and history, from the files the trainer writes."""
+    summary_path, history_path = run_dir / "training_summary.json", run_dir / "training_history.csv"
+    if not summary_path.is_file() or not history_path.is_file():
+        raise ReportError(f"{run_dir} holds no training_summary.json and training_history.csv")
+    summary = json.loads(summary_path.read_text())
+    with open(history_path) as f:
+        history = [
+            {k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+            for row in csv.DictReader(f)
+        ]
+    best = next((r for r in history if r["epoch"] == summary["best_epoch"]), None)
+    return {
+        "run": label,
+        "best_top1": summary["best_top1"],
+        "best_top5": summary.get("best_top5", best["val_top5"] if best else None),
+        "best_epoch": summary["best_epoch"],
+        "final_top1": summary["final_top1"],
+        "final_top5": summary["final_top5"],
+        "epochs": summary["epochs_completed"],
+        "wall_seconds": summary["total_seconds"],
+        "images_per_second": summary["mean_images_per_second"],
+        "history": history,
+    }
+
+
+def difference(a: dict, b: dict) -> dict:
+    """b minus a, for the numeric columns."""
+    row = {"run": f"{b['run']} - {a['run']}"}
+    for k in COLUMNS[1:]:
+        if k != "best_epoch" and a[k] is not None and b[k] is not None:
+            row[k] = b[k] - a[k]
+    return row
+
+
+def duration(seconds: float | None, signed: bool = False) -> str:
+    if seconds is None:
+        return "-"
+    sign = ("+" if seconds >= 0 else "-") if signed else ""
+    seconds = abs(seconds)
+    if seconds < 120:
+        return f"{sign}{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{sign}{seconds / 60:.1f} min"
+    return f"{sign}{seconds / 3600:.2f} h"
+
+
+def cells(r: dict, signed: bool) -> list[str]:
+    """One table row; signed for the difference row (which has no epochs or best epoch)."""
+
+    def pct(v):
+        return "-" if v is None else format(100 * v, "+.2f" if signed else ".2f")
+
+    ips = r.get("images_per_second")
+    return [
+        r["run"],
+        pct(r.get("best_top1")),
+        pct(r.get("best_top5")),
+        "" if signed else str(r["best_epoch"] or "-"),
+        pct(r.get("final_top1")),
+        pct(r.get("final_top5")),
+        "" if signed else str(int(r["epochs"])),
+        duration(r.get("wall_seconds"), signed),
+        "-" if ips is None else format(ips, "+.0f" if signed else ".0f"),
+    ]
+
+
+def markdown(rows: list[dict], diff: dict | None) -> str:
+    header = [
+        "run",
+        "best top-1 %",
+        "best top-5 %",
+        "best epoch",
+        "final top-1 %",
+        "final top-5 %",
+        "epochs",
+        "wall time",
+        "images/s",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(cells(r, signed=False)) + " |" for r in rows]
+    if diff:
+        lines.append("| " + " | ".join(cells(diff, signed=True)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def speed_ratios(arms: dict[str, list[dict]]) -> str:
+    """Each arm's wall time and images/s against the first arm's (means over seeds)."""
+
+    def mean(runs: list[dict], key: str) -> float | None:
+        values = [r[key] for r in runs if r[key]]
+        return sum(values) / len(values) if values else None
+
+    names = list(arms)
+    lines = []
+    for name in names[1:]:
+        pairs = [(mean(arms[name], k), mean(arms[names[0]], k)) for k in COLUMNS[-2:]]
+        if all(a and b for a, b in pairs):
+            (wall, wall_ref), (speed, speed_ref) = pairs
+            lines.append(
+                f"- {name} / {names[0]}: wall time {wall / wall_ref:.2f}x, "
+                f"images/s {speed / speed_ref:.2f}x"
+            )
+    return "\n" + "\n".join(lines) + "\n" if lines else ""
+
+
+def write_report(groups: dict[str, list[Path]], out: Path) -> str:
+    """Write comparison.csv, .md, .json and .png into out for the runs of each arm (the first
+    arm is the reference); return the markdown."""
+    arms = {
+        name: [read_run(Path(d), verdicts.run_label(name, Path(d))) for d in dirs]
+        for name, dirs in groups.items()
+    }
+    runs = [r for rs in arms.values() for r in rs]
+    diff = difference(runs[0], runs[1]) if len(runs) == 2 else None
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [{k: r[k] for k in COLUMNS} for r in runs] + ([diff] if diff else [])
+    write_atomic(out / "comparison.csv", csv_text(rows, COLUMNS))
+    try:
+        tests = verdicts.paired_tests(groups)
+        seeds = verdicts.seed_summary(groups)
+    except verdicts.DifferentImages as e:
+        raise ReportError(str(e)) from None
+    text = markdown(runs, diff) + speed_ratios(arms)
+    text += verdicts.markdown(tests, seeds, evaluated=bool(tests or seeds))
+    write_atomic(out / "comparison.md", text)
+    record = {"runs": rows, "paired": tests, "seeds": seeds}
+    write_atomic(out / "comparison.json", json.dumps(record, indent=1) + "\n")
+    plot(arms, out / "comparison.png")
+    return text
