@@ -13,17 +13,22 @@ from train.bench import main as bench_main
 pytestmark = pytest.mark.slow
 
 
-def test_bench_train_times_each_mode_and_records_where_it_ran(tiny_shards, tmp_path, capsys):
+def test_bench_train_times_each_mode_and_optimizer_and_records_where_it_ran(
+    tiny_shards, tmp_path, capsys
+):
     out = tmp_path / "train.json"
     bench_main(
         ["train", "--data-dir", str(tiny_shards), "--device", "cpu", "--depth", "50",
          "--batch", "2", "--image_size", "32", "--warmup", "1", "--batches", "2",
-         "--workers", "1", "--sd_modes", "off,batch", "--json", str(out)]
+         "--workers", "1", "--sd_modes", "off,batch", "--optimizer", "lars", "--json", str(out)]
     )  # fmt: skip
     printed = capsys.readouterr().out
     assert "32 px: SD batch / SD off (synthetic)" in printed
+    assert "32 px, SD off: LARS step / fused SGD step (synthetic)" in printed
     result = json.loads(out.read_text())
-    assert [r["sd"] for r in result["rows"]] == ["off", "batch"]
+    assert [(r["sd"], r["optimizer"]) for r in result["rows"]] == [
+        ("off", "sgd"), ("off", "lars"), ("batch", "sgd"), ("batch", "lars")
+    ]  # fmt: skip
     assert all(
         r["dali"]["images_per_s"] > 0 and r["synthetic"]["step_ms"] > 0 for r in result["rows"]
     )

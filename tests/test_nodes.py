@@ -280,3 +280,14 @@ def test_the_process_group_store_of_a_restartable_run(monkeypatch):
     monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
         attempt_store(timeout)
+
+
+def test_gloos_timeouts_read_as_a_peer_that_did_not_answer():
+    """Both texts gloo gives a collective whose peer is stopped (SIGSTOP): "Timed out ..." in
+    the gradient all-reduce, "Application timeout caused pair closure" where DDP broadcasts
+    the BN buffers at the start of a forward pass."""
+    from train.environment import peer_failure
+
+    for text in ("Timed out waiting 15000ms for recv", "Application timeout caused pair closure"):
+        assert peer_failure(RuntimeError(text)) == "a peer did not answer in time"
+    assert peer_failure(RuntimeError("CUDA error: out of memory")) is None

@@ -95,7 +95,7 @@ def test_the_fast_recipe_and_explicit_flags_over_it():
     seed = parse_config([])
     assert seed.recipe == "seed" and seed == parse_config(["--recipe", "seed"])
     assert (seed.epochs, seed.min_res, seed.lr_schedule, seed.tta) == (120, None, "cosine", False)
-    assert set(RECIPES) == {"seed", "fast"}
+    assert set(RECIPES) == {"seed", "fast", "mlperf"}
     assert all(r.source and r.literature for r in RECIPES.values())
 
 
@@ -270,7 +270,7 @@ def test_progressive_resizing_and_ema_resume_mid_epoch_exactly(tiny_shards, tmp_
     monkeypatch.setattr(train.inputs, "make_loader", resumed)
     assert main([*flags, "--out", str(out)]) == 0
     assert resumed.sizes == {1: {(64, 64)}, 2: {(64, 64)}}  # the epoch it stopped in: 64 px
-    timing = ("epoch_seconds", "images_per_second")
+    timing = ("epoch_seconds", "images_per_second", "run_seconds")
     assert [{k: v for k, v in r.items() if k not in timing} for r in history(out)] == [
         {k: v for k, v in r.items() if k not in timing} for r in rows
     ]

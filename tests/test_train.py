@@ -51,12 +51,12 @@ def history(out: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+TIMING = ("epoch_seconds", "images_per_second", "run_seconds")  # differ between any two runs
+
+
 def comparable(rows: list[dict]) -> list[dict]:
     """History without the timing columns, which differ between any two runs."""
-    return [
-        {k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")}
-        for r in rows
-    ]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
 def scalars(out: Path, tag: str) -> dict[int, float]:

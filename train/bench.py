@@ -20,6 +20,7 @@ a run's time a save every M minutes costs (--checkpoint_every_minutes).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -197,7 +198,24 @@ def time_training(cfg, steps: int, warmup: int, shards: Shards | None) -> dict:
         "step_ms": round(1000 * seconds / steps, 2),
         "peak_gib": None if peak is None else round(peak, 2),
         "ema_update_ms": None if run.ema is None else round(time_ema_update(run, d, steps), 3),
+        "optimizer_step_ms": round(time_optimizer_step(run, d, x, y, steps), 3),
     }
+
+
+def time_optimizer_step(run, d, images, labels, repeats: int) -> float:
+    """Milliseconds of one optimizer step alone, on one batch's gradients (kept for all the
+    repeats), between synchronizes: the share of a step that SGD or LARS takes."""
+    import torch.nn.functional as F
+
+    with torch.autocast(d.device.type, dtype=d.amp_dtype, enabled=d.amp):
+        F.cross_entropy(run.train_model(images), labels).backward()
+    synchronize(d.device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        run.optimizer.step()
+    synchronize(d.device)
+    run.optimizer.zero_grad(set_to_none=True)
+    return 1000 * (time.perf_counter() - start) / repeats
 
 
 def time_ema_update(run, d, repeats: int) -> float:
@@ -218,31 +236,33 @@ def bench_train(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     shards = ensure_shards(args.data_dir, args.workers)
     rows = []
-    for size in args.image_sizes:
-        for sd_mode in args.sd_modes:
-            cfg = TrainConfig(
-                data_dir=str(shards.folder),
-                depth=args.depth,
-                variant=args.variant,
-                sd=int(sd_mode != "off"),
-                sd_mode=sd_mode if sd_mode != "off" else "batch",
-                pL=args.pL,
-                batch=args.batch,
-                image_size=size,
-                workers=args.workers,
-                compile=args.compile,
-                no_mixed_precision=args.no_mixed_precision,
-                device=str(device),
-                seed=0,
-                ema=args.ema,
-            )
-            synthetic = time_training(cfg, args.batches, args.warmup, None)
-            dali = time_training(cfg, args.batches, args.warmup, shards)
-            ratio = round(dali["images_per_s"] / synthetic["images_per_s"], 3)
-            rows.append(
-                {"image_size": size, "sd": sd_mode, "synthetic": synthetic, "dali": dali}
-                | {"dali_over_synthetic": ratio}
-            )
+    optimizers = ["sgd", "lars"] if args.optimizer == "lars" else ["sgd"]  # LARS against SGD
+    for size, sd_mode, optimizer in itertools.product(args.image_sizes, args.sd_modes, optimizers):
+        cfg = TrainConfig(
+            data_dir=str(shards.folder),
+            depth=args.depth,
+            variant=args.variant,
+            sd=int(sd_mode != "off"),
+            sd_mode=sd_mode if sd_mode != "off" else "batch",
+            pL=args.pL,
+            batch=args.batch,
+            image_size=size,
+            workers=args.workers,
+            compile=args.compile,
+            no_mixed_precision=args.no_mixed_precision,
+            device=str(device),
+            seed=0,
+            ema=args.ema,
+            optimizer=optimizer,
+            lr=0.1 * args.batch / 256,  # the step's cost does not depend on it
+        )
+        synthetic = time_training(cfg, args.batches, args.warmup, None)
+        dali = time_training(cfg, args.batches, args.warmup, shards)
+        ratio = round(dali["images_per_s"] / synthetic["images_per_s"], 3)
+        rows.append(
+            {"image_size": size, "sd": sd_mode, "optimizer": optimizer}
+            | {"synthetic": synthetic, "dali": dali, "dali_over_synthetic": ratio}
+        )
     precision = "fp32" if args.no_mixed_precision or device.type == "cpu" else "bf16 AMP"
     sizes = ",".join(str(s) for s in args.image_sizes)
     print(
@@ -277,7 +297,7 @@ def resolution_ratios(rows: list[dict], depth: int, variant: str) -> list[dict]:
     (the time a step would take if time followed FLOPs), for the first SD mode."""
     from models.flops import training_flops
 
-    first = [r for r in rows if r["sd"] == rows[0]["sd"]]
+    first = [r for r in rows if (r["sd"], r["optimizer"]) == (rows[0]["sd"], rows[0]["optimizer"])]
     largest = max(first, key=lambda r: r["image_size"])
     flops = {
         r["image_size"]: training_flops(depth, variant, r["image_size"], 1000)[0] for r in first
@@ -303,7 +323,8 @@ def resolution_ratios(rows: list[dict], depth: int, variant: str) -> list[dict]:
 
 
 def print_train_table(rows: list[dict]) -> None:
-    """One line per stochastic-depth mode, then each mode's ratio to SD off."""
+    """One line per stochastic-depth mode (and optimizer), then each mode's ratio to SD off
+    and LARS's step time against fused SGD's."""
     header = ("px", "stochastic depth", "synthetic img/s", "DALI img/s", "DALI/synth", "peak GiB")
     print(
         f"{header[0]:>5}  {header[1]:<18}{header[2]:>16}{header[3]:>12}{header[4]:>12}"
@@ -311,8 +332,9 @@ def print_train_table(rows: list[dict]) -> None:
     )
     for r in rows:
         peak = r["synthetic"]["peak_gib"]
+        label = r["sd"] + (", LARS" if r["optimizer"] == "lars" else "")
         print(
-            f"{r['image_size']:>5}  {r['sd']:<18}{r['synthetic']['images_per_s']:>16.1f}"
+            f"{r['image_size']:>5}  {label:<18}{r['synthetic']['images_per_s']:>16.1f}"
             f"{r['dali']['images_per_s']:>12.1f}{r['dali_over_synthetic']:>12.2f}"
             f"{'-' if peak is None else f'{peak:.1f}':>10}"
         )
@@ -320,12 +342,30 @@ def print_train_table(rows: list[dict]) -> None:
         if ema is not None:
             step = r["synthetic"]["step_ms"]
             print(f"       EMA update {ema:.2f} ms = {ema / step:.1%} of a {step:.1f} ms step")
-    for size in dict.fromkeys(r["image_size"] for r in rows):
-        base = next((r for r in rows if r["sd"] == "off" and r["image_size"] == size), None)
-        for r in rows:
-            if base is not None and r is not base and r["image_size"] == size:
-                gain = r["synthetic"]["images_per_s"] / base["synthetic"]["images_per_s"]
-                print(f"{size} px: SD {r['sd']} / SD off (synthetic): {gain:.2f}x")
+    for r in rows:
+        base = next(
+            (b for b in rows if b["sd"] == "off" and same(b, r, "image_size", "optimizer")), None
+        )
+        if base is not None and r is not base and r["optimizer"] == "sgd":
+            gain = r["synthetic"]["images_per_s"] / base["synthetic"]["images_per_s"]
+            print(f"{r['image_size']} px: SD {r['sd']} / SD off (synthetic): {gain:.2f}x")
+        sgd = next(
+            (b for b in rows if b["optimizer"] == "sgd" and same(b, r, "image_size", "sd")), None
+        )
+        if sgd is not None and r["optimizer"] == "lars":
+            ratio = r["synthetic"]["step_ms"] / sgd["synthetic"]["step_ms"]
+            alone = [x["synthetic"]["optimizer_step_ms"] for x in (r, sgd)]
+            print(
+                f"{r['image_size']} px, SD {r['sd']}: LARS step / fused SGD step (synthetic): "
+                f"{ratio:.3f}x ({r['synthetic']['step_ms']:.1f} against "
+                f"{sgd['synthetic']['step_ms']:.1f} ms); the optimizer alone: LARS "
+                f"{alone[0]:.1f} ms, fused SGD {alone[1]:.1f} ms, LARS adds "
+                f"{(alone[0] - alone[1]) / sgd['synthetic']['step_ms']:.1%} of a step"
+            )
+
+
+def same(a: dict, b: dict, *keys: str) -> bool:
+    return all(a[k] == b[k] for k in keys)
 
 
 def bench_checkpoint(args: argparse.Namespace) -> dict:
@@ -417,6 +457,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variant", default="preact", choices=VARIANTS, help="train, checkpoint")
     add_sd_flags(p)
     p.add_argument("--compile", action="store_true", help="train: torch.compile the model")
+    p.add_argument(
+        "--optimizer",
+        default="sgd",
+        choices=["sgd", "lars"],
+        help="train: lars times LARS and fused SGD in the same run, and their ratio",
+    )
     p.add_argument(
         "--no_mixed_precision", action="store_true", help="train: float32 (default: bf16 AMP)"
     )

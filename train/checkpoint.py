@@ -33,6 +33,7 @@ class Progress:
     history: tuple[dict, ...] = ()  # a row per finished epoch
     best_top1: float = -1.0
     best_weights: str = "live"  # which weights scored best_top1: live, or ema (the average)
+    run_seconds: float = 0.0  # the run clock when it was saved (Run.run_seconds)
 
 
 def training_state(run: Run, progress: Progress, num_classes: int) -> dict:
@@ -48,6 +49,7 @@ def training_state(run: Run, progress: Progress, num_classes: int) -> dict:
         "history": list(progress.history),
         "best_top1": progress.best_top1,
         "best_weights": progress.best_weights,
+        "run_seconds": run.run_seconds(),
         "ema": None if run.ema is None else run.ema.model.state_dict(),
         "rng": rng_state(run.model),
         "config": to_dict(run.cfg),

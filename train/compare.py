@@ -27,6 +27,7 @@ from train.comparison import (
     RunSpec,
     evaluation_todo,
     finished,
+    finished_words,
     parse_arm,
     run_specs,
 )
@@ -208,7 +209,7 @@ def compare(args: argparse.Namespace, extra: list[str]) -> int:
     runs = run_specs(args.arms, args.seeds, args.seed, out, extra, args.epochs)
     for run in runs:
         if finished(run):
-            print(f"compare: {run.directory} has finished its {run.epochs} epochs; skipping it")
+            print(f"compare: {run.directory} has {finished_words(run)}; skipping it")
     gpus = visible_gpus()
     by_arm = {a.name: [r for r in runs if r.arm.name == a.name] for a in args.arms}
     if args.mode == "sequential":

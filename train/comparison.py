@@ -68,8 +68,18 @@ def summary(directory: Path) -> dict | None:
 
 
 def finished(run: RunSpec) -> bool:
+    """All its epochs trained, or stopped at its --target_top1."""
     done = summary(run.directory)
-    return done is not None and done.get("epochs_completed", 0) >= run.epochs
+    if done is None:
+        return False
+    return done.get("epochs_completed", 0) >= run.epochs or done.get("target_epoch") is not None
+
+
+def finished_words(run: RunSpec) -> str:
+    target_epoch = (summary(run.directory) or {}).get("target_epoch")
+    if target_epoch is not None:
+        return f"reached its --target_top1 at epoch {target_epoch}"
+    return f"finished its {run.epochs} epochs"
 
 
 def evaluation_todo(directory: Path) -> list[tuple[Path, Path, bool]]:

@@ -26,7 +26,10 @@ COLUMNS = [
     "epochs",
     "wall_seconds",
     "images_per_second",
+    "target_epoch",  # --target_top1: the first epoch at it, and the run's time to it
+    "time_to_target_s",
 ]
+SPEED = ("wall_seconds", "images_per_second")
 
 
 class ReportError(Exception):
@@ -55,6 +58,9 @@ def read_run(run_dir: Path, label: str) -> dict:
         "epochs": summary["epochs_completed"],
         "wall_seconds": summary["total_seconds"],
         "images_per_second": summary["mean_images_per_second"],
+        "target_top1": summary.get("target_top1"),
+        "target_epoch": summary.get("target_epoch"),
+        "time_to_target_s": summary.get("time_to_target_s"),
         "history": history,
     }
 
@@ -63,7 +69,7 @@ def difference(a: dict, b: dict) -> dict:
     """b minus a, for the numeric columns."""
     row = {"run": f"{b['run']} - {a['run']}"}
     for k in COLUMNS[1:]:
-        if k != "best_epoch" and a[k] is not None and b[k] is not None:
+        if k not in ("best_epoch", "target_epoch") and a[k] is not None and b[k] is not None:
             row[k] = b[k] - a[k]
     return row
 
@@ -80,8 +86,9 @@ def duration(seconds: float | None, signed: bool = False) -> str:
     return f"{sign}{seconds / 3600:.2f} h"
 
 
-def cells(r: dict, signed: bool) -> list[str]:
-    """One table row; signed for the difference row (which has no epochs or best epoch)."""
+def cells(r: dict, signed: bool, targets: bool) -> list[str]:
+    """One table row; signed for the difference row (which has no epochs or best epoch);
+    with `targets`, the target epoch and the time to target too."""
 
     def pct(v):
         return "-" if v is None else format(100 * v, "+.2f" if signed else ".2f")
@@ -97,7 +104,14 @@ def cells(r: dict, signed: bool) -> list[str]:
         "" if signed else str(int(r["epochs"])),
         duration(r.get("wall_seconds"), signed),
         "-" if ips is None else format(ips, "+.0f" if signed else ".0f"),
-    ]
+    ] + (
+        [
+            "" if signed else str(r.get("target_epoch") or "-"),
+            duration(r.get("time_to_target_s"), signed),
+        ]
+        if targets
+        else []
+    )
 
 
 def markdown(rows: list[dict], diff: dict | None) -> str:
@@ -112,10 +126,13 @@ def markdown(rows: list[dict], diff: dict | None) -> str:
         "wall time",
         "images/s",
     ]
+    targets = sorted({r["target_top1"] for r in rows if r.get("target_top1") is not None})
+    if targets:
+        header += ["target epoch", f"time to {'/'.join(f'{t:g}' for t in targets)}%"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    lines += ["| " + " | ".join(cells(r, signed=False)) + " |" for r in rows]
+    lines += ["| " + " | ".join(cells(r, False, bool(targets))) + " |" for r in rows]
     if diff:
-        lines.append("| " + " | ".join(cells(diff, signed=True)) + " |")
+        lines.append("| " + " | ".join(cells(diff, True, bool(targets))) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -129,7 +146,7 @@ def speed_ratios(arms: dict[str, list[dict]]) -> str:
     names = list(arms)
     lines = []
     for name in names[1:]:
-        pairs = [(mean(arms[name], k), mean(arms[names[0]], k)) for k in COLUMNS[-2:]]
+        pairs = [(mean(arms[name], k), mean(arms[names[0]], k)) for k in SPEED]
         if all(a and b for a, b in pairs):
             (wall, wall_ref), (speed, speed_ref) = pairs
             lines.append(

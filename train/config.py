@@ -23,7 +23,9 @@ DEFAULT_WARMUP_EPOCHS = 5.0
 # A ResNet-50 last.pt (205 MB) saves in 0.6 s on this project's CPU machine (make
 # bench-checkpoint): every 10 minutes that is 0.1% of the run, 0.3% at 100 MB/s.
 DEFAULT_CHECKPOINT_MINUTES = 10.0
-LR_SCHEDULES = ("cosine", "linear", "step")
+LR_SCHEDULES = ("cosine", "linear", "step", "poly")
+OPTIMIZERS = ("sgd", "lars")
+POLY_POWER, POLY_END_LR = 2.0, 1e-4  # --lr_schedule poly's defaults: MLPerf ResNet-50's
 RESOLUTION_STEP = 32  # progressive resizing rounds to multiples of this (FFCV's rule)
 
 
@@ -60,7 +62,9 @@ class TrainConfig:
     # schedule and optimizer
     epochs: int = opt(120, "training epochs")
     batch: int = opt(256, "global batch size, split over ranks (and --accum micro-batches)")
-    lr: float | None = opt(None, "peak learning rate (default: 0.1 x batch / 256)")
+    lr: float | None = opt(
+        None, "peak learning rate (default with sgd: 0.1 x batch / 256; lars needs it given)"
+    )
     warmup_epochs: float | None = opt(
         None,
         f"linear warmup from 0 to the peak LR over this many epochs (default: "
@@ -70,16 +74,31 @@ class TrainConfig:
     lr_schedule: str = opt(
         "cosine",
         "after warmup: cosine (to 1e-6 at the last step), linear (to 0 at the last step, "
-        "FFCV's) or step (x0.1 at each of --lr_milestones, torchvision's reference)",
+        "FFCV's), step (x0.1 at each of --lr_milestones, torchvision's reference) or poly "
+        "(to --lr_end as (1 - progress) ** --lr_poly_power, MLPerf's)",
         choices=LR_SCHEDULES,
+    )
+    lr_poly_power: float | None = opt(
+        None, f"poly schedule: the power of the decay (default {POLY_POWER:g}, MLPerf's)"
+    )
+    lr_end: float | None = opt(
+        None, f"poly schedule: the LR the decay ends at (default {POLY_END_LR:g}, MLPerf's)"
     )
     lr_milestones: str | None = opt(
         None,
         "step schedule: epochs where the LR is multiplied by 0.1, comma-separated (default: "
         "1/3 and 2/3 of the epochs after warmup)",
     )
-    momentum: float = opt(0.9, "SGD momentum")
-    nesterov: bool = opt(False, "Nesterov momentum")
+    optimizer: str = opt(
+        "sgd",
+        "sgd: SGD with momentum in torch's fused kernel; lars: layer-wise trust ratios as "
+        "MLPerf's ResNet-50 reference (large global batches; needs --lr)",
+        choices=OPTIMIZERS,
+    )
+    momentum: float = opt(0.9, "momentum (SGD and LARS)")
+    nesterov: bool = opt(False, "Nesterov momentum (SGD)")
+    lars_eta: float = opt(0.001, "LARS: the trust coefficient eta")
+    lars_eps: float = opt(0.0, "LARS: epsilon in the trust ratio's denominator")
     weight_decay: float = opt(1e-4, "weight decay on conv and linear weights (not BN or bias)")
     label_smoothing: float = opt(0.1, "label smoothing of the cross entropy")
     mixup: float = opt(0.0, "mixup alpha: one lambda ~ Beta(alpha, alpha) per batch; 0 = off")
@@ -130,6 +149,16 @@ class TrainConfig:
         "auto", "auto: continue from OUT/last.pt if there; none: start over; or a .pt path"
     )
     eval_every: int = opt(1, "validate every N epochs (and after the last)")
+    eval_offset: int | None = opt(
+        None,
+        "validate first after this many epochs, then every --eval_every (default: "
+        "--eval_every; MLPerf: 3 with --eval_every 4, after epochs 3, 7, 11, ...)",
+    )
+    target_top1: float | None = opt(
+        None,
+        "stop at the first evaluation whose top-1 (percent; live or EMA weights, the better) "
+        "reaches this; the summary records its epoch and the time to it (MLPerf: 75.9)",
+    )
     checkpoint_every_minutes: float = opt(
         DEFAULT_CHECKPOINT_MINUTES,
         "also save last.pt mid-epoch, at the first log point this many minutes after the last "
@@ -269,6 +298,7 @@ def check(cfg: TrainConfig, world_size: int, other_problems: list[str] | None = 
         problems.append("--eval_every, --log_every and --workers must be positive")
     problems += resolution_problems(cfg)
     problems += schedule_problems(cfg)
+    problems += large_batch_problems(cfg)
     if cfg.ema_halflife <= 0:
         problems.append(
             f"--ema_halflife {cfg.ema_halflife} must be > 0 epochs (a decay in (0, 1) per step)"
@@ -339,6 +369,42 @@ def schedule_problems(cfg: TrainConfig) -> list[str]:
             f"--epochs {cfg.epochs}"
         ]
     return []
+
+
+def large_batch_problems(cfg: TrainConfig) -> list[str]:
+    """LARS, the poly schedule's options, --eval_offset, --target_top1, and a recipe tuned
+    for one global batch."""
+    problems = []
+    if cfg.optimizer == "lars" and cfg.lr is None:
+        problems.append(
+            "--optimizer lars needs --lr: LARS's learning rate does not follow SGD's 0.1 x "
+            "batch / 256 (MLPerf's: 11.0 at batch 3,200, --recipe mlperf)"
+        )
+    if cfg.optimizer == "lars" and cfg.nesterov:
+        problems.append("--nesterov is for --optimizer sgd (MLPerf's LARS has none)")
+    if cfg.lars_eta <= 0 or cfg.lars_eps < 0:
+        problems.append(
+            f"--lars_eta {cfg.lars_eta:g} must be > 0 and --lars_eps {cfg.lars_eps:g} >= 0"
+        )
+    for flag in ("lr_poly_power", "lr_end"):
+        if getattr(cfg, flag) is not None and cfg.lr_schedule != "poly":
+            problems.append(f"--{flag} is for --lr_schedule poly, not {cfg.lr_schedule}")
+    if cfg.lr_poly_power is not None and cfg.lr_poly_power <= 0:
+        problems.append(f"--lr_poly_power {cfg.lr_poly_power:g} must be > 0")
+    if cfg.lr_end is not None and not (cfg.lr_end >= 0 and (cfg.lr is None or cfg.lr_end < cfg.lr)):
+        problems.append(f"--lr_end {cfg.lr_end:g} must be >= 0 and below the peak --lr")
+    if cfg.eval_offset is not None and not 1 <= cfg.eval_offset <= cfg.epochs:
+        problems.append(f"--eval_offset {cfg.eval_offset} must be in [1, --epochs {cfg.epochs}]")
+    if cfg.target_top1 is not None and not 0 < cfg.target_top1 <= 100:
+        problems.append(f"--target_top1 {cfg.target_top1:g} must be in (0, 100] (percent)")
+    tuned = RECIPES[cfg.recipe].tuned_batch
+    if tuned and cfg.batch != tuned and cfg.lr == RECIPES[cfg.recipe].values.get("lr"):
+        problems.append(
+            f"--recipe {cfg.recipe}: its --lr {cfg.lr:g} is tuned for global batch {tuned:,}; "
+            f"for --batch {cfg.batch} give its own --lr (MLPerf lets each global batch have "
+            "its own LARS learning rate; the linear rule does not carry it over)"
+        )
+    return problems
 
 
 def parse_milestones(text: str) -> tuple[float, ...]:

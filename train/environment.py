@@ -106,6 +106,8 @@ def end_process_group() -> None:
 # What gloo says when a peer does not answer (stopped, hung) or is gone (killed, node lost).
 PEER_FAILURES = {
     "Timed out": "a peer did not answer in time",
+    # the same timeout, as gloo reports it where DDP broadcasts the BN buffers in forward
+    "Application timeout caused pair closure": "a peer did not answer in time",
     "Connection closed by peer": "a peer's connection closed (it died)",
     "Connection reset by peer": "a peer's connection was reset (it died)",
 }

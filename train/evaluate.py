@@ -193,6 +193,8 @@ def eval_config(args: argparse.Namespace, weights: Weights, world_size: int) -> 
         data_dir=args.data_dir,
         batch=args.batch if args.batch is not None else BATCH_PER_PROCESS * world_size,
         accum=1,
+        optimizer="sgd",  # an evaluation steps no optimizer: its LR and LARS checks are moot
+        lr=None,
         workers=args.workers,
         device=args.device,
         resume="none",

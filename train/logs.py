@@ -30,6 +30,7 @@ HISTORY_FIELDS = [
     "val_top5_ema",
     "epoch_seconds",
     "images_per_second",
+    "run_seconds",
 ]
 
 
@@ -61,13 +62,24 @@ def best_top1_of(row: dict) -> tuple[float | None, str]:
     return live, "live"
 
 
-def summarize(history: list[dict], *, parameters: int, total_seconds: float, config: dict) -> dict:
-    """best_*: the epoch whose live or averaged (--ema) weights scored best, and which."""
+def target_row(history, target_top1: float | None) -> dict | None:
+    """The first epoch whose evaluation reached --target_top1 (percent), live or EMA weights."""
+    if target_top1 is None:
+        return None
+    scored = [r for r in history if best_top1_of(r)[0] is not None]
+    return next((r for r in scored if 100 * best_top1_of(r)[0] >= target_top1), None)
+
+
+def summarize(history, *, parameters: int, total_seconds: float, config: dict) -> dict:
+    """best_*: the epoch whose live or averaged (--ema) weights scored best, and which;
+    target_*: the first epoch at --target_top1, and the run's time to it (null: never)."""
     evaluated = [r for r in history if r.get("val_top1") is not None]
     best = max(evaluated, key=lambda r: best_top1_of(r)[0], default=None)
     final = evaluated[-1] if evaluated else None
     best_weights = best_top1_of(best)[1] if best else None
     suffix = "_ema" if best_weights == "ema" else ""
+    reached = target_row(history, config.get("target_top1"))
+    to_target = reached.get("run_seconds") if reached else None  # rows of older versions: none
     return {
         "epochs_completed": len(history),
         "best_top1": best and best[f"val_top1{suffix}"],
@@ -82,6 +94,9 @@ def summarize(history: list[dict], *, parameters: int, total_seconds: float, con
         "mean_images_per_second": round(
             sum(r["images_per_second"] for r in history) / max(1, len(history)), 1
         ),
+        "target_top1": config.get("target_top1"),
+        "target_epoch": reached and reached["epoch"],
+        "time_to_target_s": None if to_target is None else round(to_target, 1),
         "parameters": parameters,
         "config": config,
     }
@@ -169,9 +184,21 @@ def done_line(summary: dict, out: Path) -> str:
     which = " (EMA weights)" if summary["best_weights"] == "ema" else ""
     return (
         f"done: best top-1 {fmt(summary['best_top1'])}{which} at epoch {summary['best_epoch']}, "
-        f"final top-1 {fmt(summary['final_top1'])}, top-5 {fmt(summary['final_top5'])}; "
-        f"outputs in {out}"
+        f"final top-1 {fmt(summary['final_top1'])}, top-5 {fmt(summary['final_top5'])}"
+        f"{target_words(summary)}; outputs in {out}"
     )
+
+
+def target_words(summary: dict) -> str:
+    """--target_top1: where the run reached it and how long that took, or that it did not."""
+    target = summary.get("target_top1")
+    if target is None:
+        return ""
+    if summary["target_epoch"] is None:
+        return f"; target top-1 {target:g}% not reached in {summary['epochs_completed']} epochs"
+    seconds = summary["time_to_target_s"]
+    spent = "" if seconds is None else f", {seconds / 60:.1f} min of training and evaluation"
+    return f"; target top-1 {target:g}% reached at epoch {summary['target_epoch']}{spent}"
 
 
 class Board:

@@ -59,6 +59,13 @@ class Run:
     ema: WeightAverage | None = None  # --ema: updated after every optimizer step
     stop_requested: list = field(default_factory=lambda: [False])  # [False] or [signal name]
     saved_at: float = field(default_factory=time.monotonic)  # when last.pt was last saved
+    # The run clock: time.time() at which the run would have started had it never stopped
+    # (a resumed run sets it back by the time it had spent), MLPerf's run_start.
+    started_at: float = field(default_factory=time.time)
+
+    def run_seconds(self) -> float:
+        """The time this run has spent training and evaluating, over all its resumes."""
+        return time.time() - self.started_at
 
     def save_due(self) -> bool:
         """Rank 0's clock says a time-based save of last.pt is due (--checkpoint_every_minutes)."""

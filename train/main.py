@@ -53,6 +53,7 @@ from train.logs import (
     run_line,
     say,
     summarize,
+    target_row,
     write_config,
     write_history,
     write_summary,
@@ -143,10 +144,12 @@ def train(cfg: TrainConfig, d: Derived, shards: Shards | None) -> int:
     install_stop_handlers(run)
     announce(run, out, num_classes, shards)
     val = val_batches(cfg, d, shards)
-    started = time.time() - sum(r["epoch_seconds"] for r in progress.history)
+    run.started_at = time.time() - progress.run_seconds  # the run clock goes on from there
     with contextlib.closing(run.board):  # flushes TensorBoard whatever happens
         first_epoch = progress.epoch
         for epoch in range(first_epoch, cfg.epochs):
+            if target_row(progress.history, cfg.target_top1) is not None:
+                break  # --target_top1 reached (maybe before a rerun of the finished run)
             say(d, *resolution_lines(d, epoch, first=epoch == first_epoch))
             batches = train_batches(cfg, d, shards, epoch, plan)
             try:
@@ -165,9 +168,10 @@ def train(cfg: TrainConfig, d: Derived, shards: Shards | None) -> int:
             if val is not None and evaluation_due(cfg, epoch):
                 row.update(evaluate_live_and_average(run, val))
             row = {"epoch": epoch + 1, "train_res": train_resolution(d, epoch), **row}
-            progress = end_epoch(run, out, row, progress, num_classes, started)
+            row["run_seconds"] = run.run_seconds()
+            progress = end_epoch(run, out, row, progress, num_classes)
         if d.rank == 0:
-            finish(run, out, progress, started)
+            finish(run, out, progress)
     return 0
 
 
@@ -197,9 +201,7 @@ def announce(run: Run, out: Path, num_classes: int, shards: Shards | None) -> No
         )
 
 
-def end_epoch(
-    run: Run, out: Path, row: dict, progress: Progress, num_classes: int, started: float
-) -> Progress:
+def end_epoch(run: Run, out: Path, row: dict, progress: Progress, num_classes: int) -> Progress:
     """After an epoch's training and evaluation: check that the ranks agree, then record it
     (history, last.pt and best.pt, CSV, summary, TensorBoard) and say it; the new progress."""
     cfg, d, epoch = run.cfg, run.d, row["epoch"] - 1
@@ -219,7 +221,7 @@ def end_epoch(
     if d.rank == 0:
         save_training(out, run, progress, num_classes, best=improved)
         write_history(out, progress.history)
-        write_summary(out, run_summary(run, progress, started))
+        write_summary(out, run_summary(run, progress))
         run.board.scalars({f"epoch/{k}": v for k, v in row.items() if k != "epoch"}, epoch + 1)
     say(d, epoch_line(row, cfg.epochs))
     if d.world_size > 1:
@@ -227,18 +229,19 @@ def end_epoch(
     return progress
 
 
-def run_summary(run: Run, progress: Progress, started: float) -> dict:
+def run_summary(run: Run, progress: Progress) -> dict:
     return summarize(
         progress.history,
         parameters=parameter_count(run.model),
-        total_seconds=time.time() - started,
+        total_seconds=run.run_seconds(),
         config=to_dict(run.cfg),
     )
 
 
-def finish(run: Run, out: Path, progress: Progress, started: float) -> None:
-    """Rank 0, after the last epoch: the hyperparameters with the results, the last line."""
-    summary = run_summary(run, progress, started)
+def finish(run: Run, out: Path, progress: Progress) -> None:
+    """Rank 0, after the last epoch (or the one that reached --target_top1): the
+    hyperparameters with the results, the last line."""
+    summary = run_summary(run, progress)
     run.board.hparams(
         {k: v for k, v in to_dict(run.cfg).items() if k not in ("dali",)},
         {"hparam/best_top1": summary["best_top1"], "hparam/final_top1": summary["final_top1"]},

@@ -1,5 +1,6 @@
-"""The optimizer and the loss scaler: SGD with momentum in torch's fused kernel, weight decay
-grouped by tensor rank, every momentum buffer made up front; a GradScaler for fp16."""
+"""The optimizer and the loss scaler: SGD with momentum in torch's fused kernel, or LARS for
+large global batches; weight decay grouped by tensor rank, every momentum buffer made up
+front; a GradScaler for fp16."""
 
 from __future__ import annotations
 
@@ -18,21 +19,75 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, d: Derived) -> torch.optim.SGD:
-    """SGD with momentum in torch's fused kernel, on the CPU as on CUDA (one code path; it is
-    the fastest on both), every momentum buffer created up front (see add_momentum_buffers)."""
-    optimizer = torch.optim.SGD(
-        param_groups(model, cfg.weight_decay),
-        lr=d.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov,
-        fused=True,
-    )
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, d: Derived) -> torch.optim.Optimizer:
+    """--optimizer sgd: SGD with momentum in torch's fused kernel, on the CPU as on CUDA (one
+    code path; it is the fastest on both); lars: Lars below, over the same groups. Every
+    momentum buffer is created up front (see add_momentum_buffers)."""
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "lars":
+        optimizer = Lars(groups, lr=d.lr, momentum=cfg.momentum, eta=cfg.lars_eta, eps=cfg.lars_eps)
+    else:
+        optimizer = torch.optim.SGD(
+            groups, lr=d.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=True
+        )
     add_momentum_buffers(optimizer)
     return optimizer
 
 
-def add_momentum_buffers(optimizer: torch.optim.SGD) -> None:
+class Lars(torch.optim.Optimizer):
+    """LARS (You et al. 2017) as MLPerf's ResNet-50 reference defines it
+    (mlcommons/training, image_classification/tensorflow2/lars_optimizer.py), per parameter
+    tensor w with gradient g, for conv and linear weights (tensors of rank 2 and more):
+
+        trust = eta * ||w|| / (||g|| + weight_decay * ||w|| + eps), or 1 where ||w|| or ||g|| is 0
+        v = momentum * v + lr * trust * (g + weight_decay * w);   w = w - v
+
+    and for BN weights and biases (rank 1: neither adaptation nor weight decay)
+    v = momentum * v + lr * g. The learning rate enters the buffer before the momentum, as in
+    the reference (TF's apply_momentum) and NVIDIA's kernel (timm's Lars applies it after).
+    A zero weight, such as each block's zero-initialised last BN or conv, gets trust 1, the
+    reference's fallback, or it would never move. A parameter without a gradient (a block
+    that batch-mode stochastic depth dropped this step) is left alone, momentum included, as
+    fused SGD leaves it. The norms of a group's tensors come from one fused call and the
+    trust ratios stay on the device: no host sync."""
+
+    def __init__(self, params, lr: float, momentum: float, eta: float, eps: float) -> None:
+        super().__init__(
+            params, {"lr": lr, "momentum": momentum, "eta": eta, "eps": eps, "weight_decay": 0.0}
+        )
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            stepped = [p for p in group["params"] if p.grad is not None]
+            adapted = [p for p in stepped if p.ndim >= 2]  # conv and linear weights
+            if adapted:
+                self.update(adapted, group, self.trust_scaled_steps(adapted, group))
+            plain = [p for p in stepped if p.ndim < 2]  # BN weights and biases
+            if plain:
+                self.update(plain, group, torch._foreach_mul([p.grad for p in plain], group["lr"]))
+
+    @staticmethod
+    def trust_scaled_steps(params: list, group: dict) -> list:
+        """lr x trust x (g + weight_decay x w) of each tensor, computed on the device."""
+        grads, decay = [p.grad for p in params], group["weight_decay"]
+        w = torch.stack(torch._foreach_norm(params))  # (n,)
+        g = torch.stack(torch._foreach_norm(grads))
+        ratio = group["eta"] * w / (g + decay * w + group["eps"])
+        trust = torch.where((w > 0) & (g > 0), ratio, torch.ones_like(w))
+        steps = torch._foreach_add(grads, params, alpha=decay)
+        torch._foreach_mul_(steps, list((group["lr"] * trust).unbind()))
+        return steps
+
+    def update(self, params: list, group: dict, steps: list) -> None:
+        """v = momentum x v + step; w = w - v."""
+        buffers = [self.state[p]["momentum_buffer"] for p in params]
+        torch._foreach_mul_(buffers, group["momentum"])
+        torch._foreach_add_(buffers, steps)
+        torch._foreach_sub_(params, buffers)
+
+
+def add_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
     """A zero momentum buffer for every parameter that has none yet.
 
     In batch-mode stochastic depth a dropped block's parameters get no gradient, so SGD leaves

@@ -12,7 +12,7 @@ from functools import cache
 from models import survival_probs
 from models.flops import skipped_share, training_flops
 from train.config import TrainConfig, check, derive, fitted_warmup_epochs
-from train.schedule import lr_of, plan_steps, train_resolution
+from train.schedule import evaluation_due, lr_of, plan_steps, train_resolution
 from train.shards import MANIFEST, Shards, train_counts
 
 
@@ -51,6 +51,8 @@ def run_plan(cfg: TrainConfig, world_size: int, images: int, classes: int) -> di
         "lr": {s: lr_of(plan, d.lr, s) for s in milestones if 0 <= s < plan.total_steps},
         "training_flops": sum(trained * f for f in per_image),
         "val_res": d.val_res,
+        "micro_batch": d.micro_batch,
+        "evaluations": [e + 1 for e in range(cfg.epochs) if evaluation_due(cfg, e)],
     }
 
 
@@ -69,6 +71,23 @@ def resolution_ranges(resolutions: list[int]) -> str:
     return ", ".join(parts)
 
 
+def epoch_list(epochs: list[int]) -> str:
+    """'3, 7, 11, ..., 35, 37' (the first three and the last two of a long list)."""
+    if len(epochs) <= 6:
+        return ", ".join(str(e) for e in epochs)
+    return ", ".join(str(e) for e in epochs[:3]) + ", ..., " + ", ".join(map(str, epochs[-2:]))
+
+
+def optimizer_words(cfg: TrainConfig) -> str:
+    if cfg.optimizer == "lars":
+        return (
+            f"LARS (eta {cfg.lars_eta:g}, eps {cfg.lars_eps:g}), momentum {cfg.momentum:g}, "
+            f"weight decay {cfg.weight_decay:g}"
+        )
+    nesterov = " (Nesterov)" if cfg.nesterov else ""
+    return f"SGD, momentum {cfg.momentum:g}{nesterov}, weight decay {cfg.weight_decay:g}"
+
+
 def print_plan(cfg: TrainConfig, world_size: int, shards: Shards | None) -> int:
     """Check the flags, print the plan of a run on `shards` (None: ImageNet's counts); the
     exit code."""
@@ -82,14 +101,18 @@ def print_plan(cfg: TrainConfig, world_size: int, shards: Shards | None) -> int:
         for step, lr in plan["lr"].items()
     )
     ratio = plan["training_flops"] / reference["training_flops"]
+    target = f"; stops at the first at {cfg.target_top1:g}% top-1" if cfg.target_top1 else ""
     print(
         f"plan: ResNet-{cfg.depth} ({cfg.variant}), recipe {cfg.recipe}, {sd}\n"
         f"  {cfg.epochs} epochs of {images:,} images ({source}), batch {cfg.batch} over "
-        f"{world_size} process(es): {plan['steps_per_epoch']:,} steps per epoch, "
+        f"{world_size} process(es) and --accum {cfg.accum}: {plan['micro_batch']} images per "
+        f"rank per micro-batch, {plan['steps_per_epoch']:,} steps per epoch, "
         f"{plan['total_steps']:,} in all\n"
         f"  train resolution: {resolution_ranges(plan['resolutions'])}\n"
         f"  evaluation: centre crop {plan['val_res']} px{', flip TTA' if cfg.tta else ''}"
-        f"{', EMA weights beside the live ones' if cfg.ema else ''}\n"
+        f"{', EMA weights beside the live ones' if cfg.ema else ''}, after epochs "
+        f"{epoch_list(plan['evaluations'])}{target}\n"
+        f"  optimizer: {optimizer_words(cfg)}\n"
         f"  learning rate ({cfg.lr_schedule}, warmup {fitted_warmup_epochs(cfg):g} epochs): "
         f"{lrs}\n"
         f"  training compute: {plan['training_flops']:.3e} FLOPs (forward + backward, counted "

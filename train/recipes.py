@@ -13,6 +13,8 @@ class Recipe:
     source: str
     literature: str  # what the source reports, as it reports it
     values: dict = field(default_factory=dict)  # flag name -> value; the rest: the defaults
+    # the global batch its --lr was tuned for, where the linear rule does not carry it over
+    tuned_batch: int | None = None
 
 
 RECIPES = {
@@ -39,6 +41,38 @@ RECIPES = {
             "label_smoothing": 0.1,
             "tta": True,
         },
+    ),
+    "mlperf": Recipe(
+        summary="MLPerf Training's ResNet-50 v1.5 as NVIDIA ran it on 8 x H200: LARS (LR 11.0, "
+        "weight decay 5e-5), global batch 3,200, 2 warmup epochs then poly decay (power 2) "
+        "to 1e-4 over 37 epochs, label smoothing 0.1, crop and flip only, evaluation after "
+        "epochs 3, 7, 11, ..., stopping at 75.9% top-1",
+        source="mlcommons/training_results_v4.0, NVIDIA/results/h200_ngc24.04_mxnet/resnet/"
+        "result_*.txt (the logged values) and its config_DGXH100.sh (label smoothing 0.1, LARS "
+        "eta 0.001, evaluation offset and period)",
+        literature="75.9% top-1 (MLPerf's target) at epoch 35 in all 5 runs, 12.0 minutes from "
+        "run start to stop on 8 x H200",
+        values={
+            "variant": "v1.5",
+            "batch": 3200,
+            "optimizer": "lars",
+            "lr": 11.0,
+            "lars_eta": 0.001,
+            "lars_eps": 0.0,
+            "momentum": 0.9,
+            "weight_decay": 5e-5,
+            "warmup_epochs": 2.0,
+            "lr_schedule": "poly",
+            "lr_poly_power": 2.0,
+            "lr_end": 1e-4,
+            "label_smoothing": 0.1,
+            "epochs": 37,
+            "eval_every": 4,
+            "eval_offset": 3,
+            "target_top1": 75.9,
+            "color_jitter": False,
+        },
+        tuned_batch=3200,
     ),
 }
 

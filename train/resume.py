@@ -84,6 +84,8 @@ def restore(ckpt: dict, model, optimizer, scaler) -> Progress:
         history=history,
         best_top1=ckpt["best_top1"],
         best_weights=ckpt.get("best_weights", "live"),  # older checkpoints: live weights only
+        # older checkpoints: the epochs' training time (their evaluations went uncounted)
+        run_seconds=ckpt.get("run_seconds", sum(r["epoch_seconds"] for r in history)),
     )
 
 

@@ -1,5 +1,5 @@
 """The run's plan over time: batches and optimizer steps per epoch, the learning rate of
-every step (cosine, linear or step, after a linear warmup) and the train resolution of every
+every step (cosine, linear, step or poly, after a linear warmup) and the train resolution of every
 epoch (progressive resizing). Each is a pure function of the config and the step or epoch, so
 a resumed run continues on the same schedule."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from train.config import RESOLUTION_STEP, Derived, TrainConfig
+from train.config import POLY_END_LR, POLY_POWER, RESOLUTION_STEP, Derived, TrainConfig
 
 FINAL_LR = 1e-6  # where cosine ends
 STEP_GAMMA = 0.1  # the step schedule's factor at each milestone
@@ -25,8 +25,10 @@ class StepPlan:
     steps_per_epoch: int  # optimizer steps
     warmup_steps: int
     total_steps: int
-    schedule: str = "cosine"  # cosine, linear or step
+    schedule: str = "cosine"  # cosine, linear, step or poly
     milestones: tuple[int, ...] = ()  # steps where the step schedule multiplies by STEP_GAMMA
+    end_lr: float = POLY_END_LR  # where poly ends
+    poly_power: float = POLY_POWER
 
 
 def batches_per_epoch(num_samples: int, world_size: int, micro_batch: int) -> tuple[int, bool]:
@@ -58,6 +60,8 @@ def plan_steps(cfg: TrainConfig, d: Derived, train_samples: int) -> StepPlan:
         total_steps=cfg.epochs * steps_per_epoch,
         schedule=cfg.lr_schedule,
         milestones=tuple(round(m * steps_per_epoch) for m in d.lr_milestones),
+        end_lr=POLY_END_LR if cfg.lr_end is None else cfg.lr_end,
+        poly_power=POLY_POWER if cfg.lr_poly_power is None else cfg.lr_poly_power,
     )
 
 
@@ -69,15 +73,23 @@ def lr_at(
     total_steps: int,
     schedule: str = "cosine",
     milestones: tuple[int, ...] = (),
+    end_lr: float = POLY_END_LR,
+    power: float = POLY_POWER,
 ) -> float:
     """Linear warmup from 0 to base_lr over warmup_steps, then
     cosine: decay to FINAL_LR at the last step (total_steps - 1), as a half cosine;
     linear: decay to 0 at the last step, in a straight line (FFCV's);
-    step: base_lr x STEP_GAMMA ** (milestones passed) (torchvision's reference)."""
+    step: base_lr x STEP_GAMMA ** (milestones passed) (torchvision's reference);
+    poly: end_lr + (base_lr - end_lr) x (1 - progress) ** power, progress going from 0 at the
+    end of warmup to 1 at total_steps (MLPerf's ResNet-50, NVIDIA's PolySchedule)."""
     if step < warmup_steps:
         return base_lr * step / warmup_steps
     if schedule == "step":
         return base_lr * STEP_GAMMA ** sum(step >= m for m in milestones)
+    if schedule == "poly":
+        span = total_steps - warmup_steps
+        progress = 1.0 if span <= 0 else min(1.0, (step - warmup_steps) / span)
+        return end_lr + (base_lr - end_lr) * (1.0 - progress) ** power
     decay_steps = total_steps - 1 - warmup_steps
     progress = 1.0 if decay_steps <= 0 else min(1.0, (step - warmup_steps) / decay_steps)
     if schedule == "linear":
@@ -86,8 +98,10 @@ def lr_at(
 
 
 def evaluation_due(cfg: TrainConfig, epoch: int) -> bool:
-    """--eval_every: evaluate after every N-th epoch (counted from 0) and after the last."""
-    return (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+    """Whether `epoch` (counted from 0) ends with an evaluation: after epoch --eval_offset
+    (default --eval_every) and every --eval_every epochs from there, and after the last."""
+    done, first = epoch + 1, cfg.eval_offset or cfg.eval_every
+    return done == cfg.epochs or (done >= first and (done - first) % cfg.eval_every == 0)
 
 
 def train_resolution(d: Derived, epoch: int) -> int:
@@ -104,6 +118,8 @@ def lr_of(plan: StepPlan, base_lr: float, step: int) -> float:
         total_steps=plan.total_steps,
         schedule=plan.schedule,
         milestones=plan.milestones,
+        end_lr=plan.end_lr,
+        power=plan.poly_power,
     )
 
 
