@@ -225,9 +225,12 @@ class DaliLoader:
             yield images, labels_from_digits(batch["labels"])
 
 
-def check_loader_args(split: str, rank: int, world_size: int, dtype, knobs: dict) -> None:
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+def check_loader_args(
+    shards: Shards, split: str, rank: int, world_size: int, dtype, knobs: dict
+) -> None:
+    if split not in shards.manifest["splits"]:
+        known = ", ".join(shards.manifest["splits"])
+        raise ValueError(f"split {split!r} is not in {shards.folder} (it has {known})")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
     if dtype not in (torch.float32, torch.float16):
@@ -279,7 +282,7 @@ def make_loader(
     """
     from nvidia.dali import pipeline_def
 
-    check_loader_args(split, rank, world_size, dtype, knobs)
+    check_loader_args(shards, split, rank, world_size, dtype, knobs)
     options = PipelineKnobs(**knobs)
     info = shards.split(split)
     order, shard_id, reader_seed = list(range(len(info["shards"]))), rank, seed

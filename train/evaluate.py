@@ -1,4 +1,6 @@
-"""python -m train.evaluate: top-1, top-5 and loss of any weights on the val shards.
+"""python -m train.evaluate: top-1, top-5 and loss of any weights on the val shards, or on
+another split of them (--split: an evaluation set such as ImageNetV2), and the ReaL top-1
+and top-5 of the val images (--real_labels).
 
 The weights are one of this project's checkpoints (best.pt, last.pt: depth, variant, crop
 size and precision are read from it) or a bare state_dict (a torchvision resnet50 / 101 /
@@ -33,6 +35,7 @@ from train.data import DEFAULT_THREADS, make_loader
 from train.environment import dist_env, end_process_group, start_process_group
 from train.inputs import loader_kwargs
 from train.loop import evaluate
+from train.real_labels import RealLabelsError, read_real_labels, real_accuracy
 from train.shards import Shards, ShardsError, open_shards
 
 # Prefixes that wrappers leave on parameter names: DDP's module, torch.compile's _orig_mod.
@@ -169,13 +172,19 @@ def state_dict_weights(loaded, path: Path, depth: int | None, variant: str | Non
     )
 
 
-def val_images(shards: Shards) -> int:
-    images = shards.num_samples("val")
-    if not images:
+def split_images(shards: Shards, split: str) -> int:
+    """The images of the split to evaluate (val, or an evaluation set beside it)."""
+    if split not in shards.manifest["splits"]:
+        known = ", ".join(shards.manifest["splits"])
+        raise EvaluateError(f"--split {split}: {shards.folder} has no such split (it has {known})")
+    images = shards.num_samples(split)
+    if not images and split == "val":
         raise EvaluateError(
             f"{shards.folder} has no val split: make shards from a folder with val images "
             "(val/<wnid>/*.JPEG, or a flat val/ with its labels)"
         )
+    if not images:
+        raise EvaluateError(f"--split {split}: {shards.folder} holds no image of it")
     return images
 
 
@@ -224,6 +233,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--data_dir", default="shards", help="shards folder written by make shards")
     p.add_argument("--weights", required=True, help="checkpoint or state_dict file")
+    p.add_argument(
+        "--split",
+        default="val",
+        help="the split of the shards to evaluate: val, or an evaluation set added to the "
+        "shards folder (e.g. imagenetv2)",
+    )
+    p.add_argument(
+        "--real_labels",
+        metavar="REAL_JSON",
+        help="with the val split: also the ReaL top-1 and top-5 (real.json of "
+        "google-research/reassessed-imagenet) over the images it labels",
+    )
     p.add_argument(
         "--depth",
         type=int,
@@ -299,7 +320,8 @@ def add_evaluation_flags(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -> dict:
     shards = open_shards(args.data_dir)
-    images = val_images(shards)
+    images = split_images(shards, args.split)
+    real = real_lists(args, shards)
     weights = read_weights(Path(args.weights), args.depth, args.variant, args.ema)
     if weights.num_classes != shards.num_classes:
         raise EvaluateError(
@@ -316,31 +338,45 @@ def run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -
     model.to(d.device)
     if d.channels_last:
         model.to(memory_format=torch.channels_last)
-    loader = make_loader(shards, "val", **loader_kwargs(cfg, d, d.val_res))
+    loader = make_loader(shards, args.split, **loader_kwargs(cfg, d, d.val_res))
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def keep(logits: torch.Tensor, labels: torch.Tensor) -> None:
         parts.append((logits.cpu(), labels.cpu()))
 
+    every_image = bool(args.logits) or real is not None  # gathered on rank 0
     start = time.perf_counter()
-    result = evaluate(model, loader, d, record=keep if args.logits else None, tta=cfg.tta)
+    result = evaluate(model, loader, d, record=keep if every_image else None, tta=cfg.tta)
     seconds = time.perf_counter() - start
     if result["val_samples"] != images:
         raise RuntimeError(
             f"evaluated {result['val_samples']} images, the manifest lists {images}: please "
             "report this"
         )
-    if args.logits:
-        write_logits(Path(args.logits), parts, shards, d)
-    return result_record(args, weights, cfg, d, result, seconds)
+    record = result_record(args, weights, cfg, d, result, seconds)
+    if every_image:
+        logits, labels = gather_rows(parts, d.world_size)
+        if d.rank == 0 and args.logits:
+            write_logits(Path(args.logits), logits, labels, shards.sample_keys(args.split))
+        if real is not None:
+            record |= real_accuracy(logits, real)
+    return record
 
 
-def write_logits(path: Path, parts: list, shards: Shards, d: Derived) -> None:
-    """Every val image's logits, label and key, gathered on rank 0, in the shards' order."""
-    logits, labels = gather_rows(parts, d.world_size)
-    if d.rank != 0:
-        return
+def real_lists(args: argparse.Namespace, shards: Shards) -> list[list[int]] | None:
+    """--real_labels: each val image's ReaL list, in the shards' order (checked first)."""
+    if args.real_labels is None:
+        return None
+    if args.split != "val":
+        raise EvaluateError(
+            f"--real_labels labels ImageNet's val images, not --split {args.split}: drop one"
+        )
     keys = shards.sample_keys("val")
+    return read_real_labels(Path(args.real_labels), keys, shards.num_classes)
+
+
+def write_logits(path: Path, logits: torch.Tensor, labels: torch.Tensor, keys: list) -> None:
+    """Every image's logits, label and key, in the shards' order."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as f:  # a file object: np.savez adds no .npz to the name
         np.savez(f, logits=logits.numpy(), labels=labels.numpy(), keys=np.array(keys))
@@ -369,6 +405,7 @@ def result_record(
         "variant": weights.variant,
         "num_classes": weights.num_classes,
         "data_dir": str(args.data_dir),
+        "split": args.split,
         "image_size": d.val_res,
         "tta": cfg.tta,
         "val_transform": "plain resize" if cfg.dali.val_plain_resize else "resize + centre crop",
@@ -382,11 +419,17 @@ def result_record(
 
 
 def report(r: dict) -> str:
+    real = ""
+    if "real_images" in r:
+        real = (
+            f", ReaL top-1 {100 * (r['real_top1'] or 0):.2f}% top-5 "
+            f"{100 * (r['real_top5'] or 0):.2f}% on the {r['real_images']:,} images it labels"
+        )
     return (
-        f"ResNet-{r['depth']} ({r['variant']}, {r['weights_kind']}) on the {r['images']:,} val "
-        f"images of {r['data_dir']} at {r['image_size']}px"
+        f"ResNet-{r['depth']} ({r['variant']}, {r['weights_kind']}) on the {r['images']:,} "
+        f"{r['split']} images of {r['data_dir']} at {r['image_size']}px"
         f"{' with flip TTA' if r['tta'] else ''}: top-1 {100 * r['top1']:.2f}%, "
-        f"top-5 {100 * r['top5']:.2f}%, loss {r['loss']:.4f}; {r['seconds']:.1f} s, "
+        f"top-5 {100 * r['top5']:.2f}%, loss {r['loss']:.4f}{real}; {r['seconds']:.1f} s, "
         f"{r['images_per_second']:,.0f} images/s ({r['world_size']} x "
         f"{r['device'].split(':')[0]}, {r['precision']})"
     )
@@ -402,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 write_atomic(args.json, json.dumps(result, indent=1) + "\n")
         return 0
-    except (EvaluateError, ShardsError, ConfigError) as e:
+    except (EvaluateError, ShardsError, ConfigError, RealLabelsError) as e:
         if rank == 0:
             print(f"train.evaluate: error: {e}", file=sys.stderr)
         return 2
