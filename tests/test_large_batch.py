@@ -92,6 +92,9 @@ def test_eval_offset_evaluates_after_epochs_3_7_11_and_the_last():
     assert due == [3, 7, 11, 15, 19, 23, 27, 31, 35, 37]
     plain = parse_config(["--epochs", "10", "--eval_every", "4"])
     assert [e + 1 for e in range(10) if evaluation_due(plain, e)] == [4, 8, 10]
+    short = parse_config(["--recipe", "mlperf", "--epochs", "2"])  # a smoke test of it
+    check(short, world_size=1)
+    assert [e + 1 for e in range(2) if evaluation_due(short, e)] == [2]  # the last, always
 
 
 def test_recipe_mlperf_holds_nvidias_h200_values():

@@ -270,7 +270,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", help="write the figures to this JSON file")
     p.add_argument(
         "--logits",
-        help="write every val image's logits, label and key (its file name stem), in the shards' "
+        help="write every image's logits, label and key (its file name stem), in the shards' "
         "order, to this .npz file",
     )
     return p.parse_args(argv)
@@ -321,7 +321,8 @@ def add_evaluation_flags(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -> dict:
     shards = open_shards(args.data_dir)
     images = split_images(shards, args.split)
-    real = real_lists(args, shards)
+    keys = shards.sample_keys(args.split) if args.logits or args.real_labels else None
+    real = real_lists(args, shards, keys)
     weights = read_weights(Path(args.weights), args.depth, args.variant, args.ema)
     if weights.num_classes != shards.num_classes:
         raise EvaluateError(
@@ -344,7 +345,7 @@ def run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -
     def keep(logits: torch.Tensor, labels: torch.Tensor) -> None:
         parts.append((logits.cpu(), labels.cpu()))
 
-    every_image = bool(args.logits) or real is not None  # gathered on rank 0
+    every_image = keys is not None  # each image's logits, gathered
     start = time.perf_counter()
     result = evaluate(model, loader, d, record=keep if every_image else None, tta=cfg.tta)
     seconds = time.perf_counter() - start
@@ -357,21 +358,21 @@ def run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -
     if every_image:
         logits, labels = gather_rows(parts, d.world_size)
         if d.rank == 0 and args.logits:
-            write_logits(Path(args.logits), logits, labels, shards.sample_keys(args.split))
+            write_logits(Path(args.logits), logits, labels, keys)
         if real is not None:
             record |= real_accuracy(logits, real)
     return record
 
 
-def real_lists(args: argparse.Namespace, shards: Shards) -> list[list[int]] | None:
-    """--real_labels: each val image's ReaL list, in the shards' order (checked first)."""
+def real_lists(args: argparse.Namespace, shards: Shards, keys: list | None) -> list | None:
+    """--real_labels: each val image's ReaL list, in the shards' order (`keys`), checked
+    before anything runs."""
     if args.real_labels is None:
         return None
     if args.split != "val":
         raise EvaluateError(
             f"--real_labels labels ImageNet's val images, not --split {args.split}: drop one"
         )
-    keys = shards.sample_keys("val")
     return read_real_labels(Path(args.real_labels), keys, shards.num_classes)
 
 

@@ -11,7 +11,7 @@ from functools import cache
 
 from models import survival_probs
 from models.flops import skipped_share, training_flops
-from train.config import TrainConfig, check, derive, fitted_warmup_epochs
+from train.config import TrainConfig, derive, fitted_warmup_epochs
 from train.schedule import evaluation_due, lr_of, plan_steps, train_resolution
 from train.shards import MANIFEST, Shards, train_counts
 
@@ -89,9 +89,8 @@ def optimizer_words(cfg: TrainConfig) -> str:
 
 
 def print_plan(cfg: TrainConfig, world_size: int, shards: Shards | None) -> int:
-    """Check the flags, print the plan of a run on `shards` (None: ImageNet's counts); the
-    exit code."""
-    check(cfg, world_size)
+    """Print the plan of a run on `shards` (None: ImageNet's counts) whose flags the entry
+    point has checked; the exit code."""
     images, classes, source = data_counts(shards)
     plan = run_plan(cfg, world_size, images, classes)
     reference = run_plan(seed_reference(cfg), world_size, images, classes)
