@@ -298,11 +298,31 @@ def evaluate(
     }
 
 
+def rank0_buffers_everywhere(model: torch.nn.Module, d: Derived) -> None:
+    """Rank 0's BN running statistics on every rank. DDP broadcasts them at the start of each
+    training forward, so after an epoch's last step every rank holds its own last batch's
+    update; evaluated as they are, each rank's share of the val images would see another
+    model than the one last.pt keeps (rank 0's), and a run resumed after that last step
+    (with rank 0's statistics everywhere) would score differently. One broadcast per dtype."""
+    if d.world_size == 1:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for buffer in model.buffers():
+        by_dtype.setdefault(buffer.dtype, []).append(buffer)
+    for buffers in by_dtype.values():
+        flat = torch.cat([b.reshape(-1) for b in buffers])
+        dist.broadcast(flat, src=0)
+        for b, part in zip(buffers, flat.split([b.numel() for b in buffers]), strict=True):
+            b.copy_(part.view_as(b))
+
+
 def evaluate_live_and_average(run: Run, batches: Iterable) -> dict:
     """The live weights' val figures, and with --ema the averaged weights' beside them
-    (keys ending in _ema); flip TTA with --tta."""
+    (keys ending in _ema); flip TTA with --tta. Every rank evaluates rank 0's model."""
+    rank0_buffers_everywhere(run.model, run.d)
     figures = evaluate(run.model, batches, run.d, tta=run.cfg.tta)
     if run.ema is not None:
+        rank0_buffers_everywhere(run.ema.model, run.d)
         averaged = evaluate(run.ema.model, batches, run.d, tta=run.cfg.tta)
         figures |= {f"{k}_ema": v for k, v in averaged.items() if k != "val_samples"}
     return figures
