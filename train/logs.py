@@ -66,8 +66,8 @@ def target_row(history, target_top1: float | None) -> dict | None:
     """The first epoch whose evaluation reached --target_top1 (percent), live or EMA weights."""
     if target_top1 is None:
         return None
-    scored = [r for r in history if best_top1_of(r)[0] is not None]
-    return next((r for r in scored if 100 * best_top1_of(r)[0] >= target_top1), None)
+    tops = ((r, best_top1_of(r)[0]) for r in history)
+    return next((r for r, top1 in tops if top1 is not None and 100 * top1 >= target_top1), None)
 
 
 def summarize(history, *, parameters: int, total_seconds: float, config: dict) -> dict:
