@@ -1,4 +1,5 @@
-"""python -m prep DATA OUT [options] | python -m prep verify OUT"""
+"""python -m prep DATA OUT [options] | python -m prep verify OUT
+| python -m prep eval_set OUT NAME SOURCE [options]"""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ USAGE = """\
 python -m prep DATA OUT [options]     convert ImageNet into shards (make shards)
 python -m prep OUT --train_tar ILSVRC2012_img_train.tar --val_tar ILSVRC2012_img_val.tar \\
     [--devkit ILSVRC2012_devkit_t12.tar.gz] [options]
-python -m prep verify OUT [--processes N]   check a shards folder (make verify-shards)"""
+python -m prep verify OUT [--processes N]   check a shards folder (make verify-shards)
+python -m prep eval_set OUT NAME SOURCE [options]   add an evaluation split (ImageNetV2, ...)"""
 
 
 def positive(text: str) -> int:
@@ -134,6 +136,45 @@ def verify_parser() -> argparse.ArgumentParser:
     return p
 
 
+def eval_set_parser() -> argparse.ArgumentParser:
+    p = FlagParser(
+        prog="python -m prep eval_set",
+        aliases=ALIASES,
+        description="Add an evaluation split NAME (NAME-000000.tar ... with DALI indexes) to "
+        "a finished shards folder, beside train and val, labelled with its classes.txt; "
+        "evaluate it with `python -m train.evaluate --split NAME`. SOURCE: ImageNetV2's "
+        "tar.gz as downloaded (read in place, not extracted), a tar or zip, or a folder, "
+        "holding one folder per class: named by class index 0 ... K-1, every one of them "
+        "(ImageNetV2), or by WordNet id, each one of classes.txt (ImageNet-Sketch). Keys are "
+        "CLASSFOLDER_FILESTEM. Images are repaired, downscaled or skipped as `make shards` "
+        "did for OUT (its --max_side and --quality). Resumable: rerun the same command after "
+        "a crash; rerunning a finished one does nothing.",
+    )
+    p.add_argument("out", help="the shards folder (made by `make shards`)")
+    p.add_argument("name", help="the split's name: letters, digits, _ (e.g. imagenetv2, sketch)")
+    p.add_argument("source", help="the tar.gz, tar or zip as downloaded, or the folder")
+    p.add_argument(
+        "--shard_size",
+        type=positive,
+        metavar="N",
+        help="images per shard (default: as make shards chooses: at most about 1 GB a shard)",
+    )
+    p.add_argument(
+        "--processes", type=positive, default=os.cpu_count(), metavar="N", help="worker processes"
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail, listing them all, if any image is undecodable (default: skip and report)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing split NAME made from other images (never train or val)",
+    )
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -147,6 +188,20 @@ def main(argv: list[str] | None = None) -> int:
                 for k, v in manifest["splits"].items()
             )
             print(f"prep verify: {args.out} is sound: {counts}")
+            return 0
+        if argv[:1] == ["eval_set"]:
+            args = eval_set_parser().parse_args(argv[1:])
+            from prep.eval_set import add_eval_set
+
+            add_eval_set(
+                args.out,
+                args.name,
+                args.source,
+                shard_size=args.shard_size,
+                workers=args.processes,
+                strict=args.strict,
+                overwrite=args.overwrite,
+            )
             return 0
         args = build_parser().parse_args(argv)
         from prep.build import PrepOptions, build

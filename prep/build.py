@@ -67,6 +67,9 @@ class ShardTask:
     quality: int
     max_side: int | None
     digits: int
+    # The images' bytes, in the order of samples, where the workers cannot read them
+    # themselves (the members of a compressed tar, read in one stream by the main process).
+    payload: tuple[bytes, ...] | None = None
 
 
 def shard_name(split: str, index: int) -> str:
@@ -157,9 +160,10 @@ def _shard_members(task: ShardTask, repaired: list, skipped: list, counts: dict)
     """(name, bytes) tar members of every good sample, in plan order; records the others."""
     pending = 0
     with Reader(task.root) as reader:
-        for s in task.samples:
+        given = task.payload
+        for i, s in enumerate(task.samples):
             try:
-                raw = reader.read(s.path, s.where)
+                raw = given[i] if given is not None else reader.read(s.path, s.where)
             except OSError as e:
                 result_status, data, reason = "skipped", b"", f"unreadable: {e.strerror or e}"
             else:
@@ -220,14 +224,15 @@ def process_shard(task: ShardTask) -> dict:
 # ---------------------------------------------------------------- main side
 
 
-def record_path(out: Path, name: str) -> Path:
-    return out / STATE_DIR / f"{name}.json"
+def record_path(out: Path, name: str, state: str = STATE_DIR) -> Path:
+    return out / state / f"{name}.json"
 
 
-def load_record(out: Path, name: str) -> dict | None:
-    """A finished shard's record, if its files are still there as written."""
+def load_record(out: Path, name: str, state: str = STATE_DIR) -> dict | None:
+    """A finished shard's record (kept in OUT/<state>/), if its files are still there as
+    written."""
     try:
-        record = json.loads(record_path(out, name).read_text())
+        record = json.loads(record_path(out, name, state).read_text())
     except (OSError, ValueError):
         return None
     if record["num_samples"] == 0:
@@ -239,10 +244,15 @@ def load_record(out: Path, name: str) -> dict | None:
 
 
 def our_files(out: Path) -> list[Path]:
+    """What --overwrite removes: the train and val shards, and the evaluation splits that the
+    manifest lists (`python -m prep eval_set`), which belong to the classes replaced."""
     patterns = ("train-*.tar", "train-*.idx", "val-*.tar", "val-*.idx", TEMPORARY_GLOB)
-    found = [p for pattern in patterns for p in out.glob(pattern)]
-    found += [p for p in (out / "manifest.json", out / "classes.txt") if p.exists()]
-    return found
+    found = {p for pattern in patterns for p in out.glob(pattern)}
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        for info in json.loads((out / "manifest.json").read_text())["splits"].values():
+            found |= {out / s[k] for s in info["shards"] for k in ("tar", "index")}
+    found |= {p for p in (out / "manifest.json", out / "classes.txt")}
+    return sorted(p for p in found if p.exists())
 
 
 def foreign_files(out: Path) -> bool:
@@ -289,8 +299,12 @@ def prepare_out(out: Path, fp: dict, overwrite: bool) -> str:
     return "fresh"
 
 
-def run_tasks(tasks: list[ShardTask], out: Path, workers: int, total: int, done: int) -> None:
-    """Process tasks in worker processes, with one progress bar over all images."""
+def run_tasks(
+    tasks: list[ShardTask], out: Path, workers: int, total: int, done: int,
+    state: str = STATE_DIR,
+) -> None:  # fmt: skip
+    """Process tasks in worker processes, with one progress bar over all images; each
+    finished shard's record goes to OUT/<state>/."""
     ctx = mp.get_context("spawn")
     progress = ctx.Queue()
     bar = tqdm(total=total, initial=done, unit="img", desc="shards", smoothing=0.05)
@@ -317,7 +331,7 @@ def run_tasks(tasks: list[ShardTask], out: Path, workers: int, total: int, done:
                             f"{f' ({e.filename})' if e.filename else ''}; the finished shards "
                             "are kept: fix the cause (free disk space?) and rerun the same command"
                         ) from None
-                    write_atomic(record_path(out, task.name), json.dumps(record).encode())
+                    write_atomic(record_path(out, task.name, state), json.dumps(record).encode())
         except BaseException:
             for future in pending:
                 future.cancel()
@@ -341,23 +355,30 @@ def summarize(records: list[dict]) -> dict[str, int]:
     return totals
 
 
+def split_entry(records: list[dict], shard_size: int) -> dict:
+    """A split's entry in the manifest, from the records of its shards in order."""
+    shards = [
+        {k: r[k] for k in ("tar", "index", "num_samples", "bytes", "sha256")}
+        for r in records
+        if r["num_samples"]
+    ]
+    return {
+        "num_samples": sum(s["num_samples"] for s in shards),
+        "shard_size": shard_size,
+        "shards": shards,
+        "counts": summarize(records),
+        "repaired": [e for r in records for e in r["repaired"]],
+        "skipped": [e for r in records for e in r["skipped"]],
+    }
+
+
 def build_manifest(scanned: Scan, fp: dict, options: PrepOptions, records: list[dict]) -> dict:
-    splits = {}
-    for split in SPLITS:
-        mine = [r for r in records if r["split"] == split]
-        shards = [
-            {k: r[k] for k in ("tar", "index", "num_samples", "bytes", "sha256")}
-            for r in mine
-            if r["num_samples"]
-        ]
-        splits[split] = {
-            "num_samples": sum(s["num_samples"] for s in shards),
-            "shard_size": fp["inputs"][split]["shard_size"],
-            "shards": shards,
-            "counts": summarize(mine),
-            "repaired": [e for r in mine for e in r["repaired"]],
-            "skipped": [e for r in mine for e in r["skipped"]],
-        }
+    splits = {
+        split: split_entry(
+            [r for r in records if r["split"] == split], fp["inputs"][split]["shard_size"]
+        )
+        for split in SPLITS
+    }
     source: dict = {"data_dir": scanned.root, "layout": scanned.layout}
     if scanned.archives:
         source["archives"] = [

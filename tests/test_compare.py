@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from prep.eval_set import add_eval_set
 from train.compare import main as compare_main
 from train.report import main as report_main
+from train.stats import mcnemar_exact
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--image_size", "32", "--batch", "8", "--workers", "2", "--warmup_epochs", "0"]
@@ -77,6 +81,79 @@ def test_compare_refuses_sd_and_out_flags(capsys):
     with pytest.raises(SystemExit):
         compare_main(["--sd", "1"])
     assert "--sd is set by compare" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_each_evaluation_set_gets_its_paired_tests(
+    compared, tiny_imagenet, tiny_shards, tmp_path, capsys
+):
+    """Finished runs evaluated on an evaluation split and with ReaL labels: the report's
+    lines per set, checked against a count by hand from the logits."""
+    shards, runs = tmp_path / "shards", tmp_path / "runs"
+    shutil.copytree(tiny_shards, shards)
+    shutil.copytree(compared, runs)  # mtimes kept: the val evaluations stay done
+    source = tmp_path / "v2"
+    for label, folder in enumerate(sorted((tiny_imagenet["root"] / "val").iterdir())):
+        shutil.copytree(folder, source / str(label))  # ImageNetV2's index folders
+    add_eval_set(shards, "imagenetv2", source, workers=1)
+    real = tmp_path / "real.json"  # 9 val images: two without labels, one with two
+    lists = [[0], [], [0, 1], [1], [1], [], [2], [2], [0]]
+    real.write_text(json.dumps(lists))
+    base = ["--data_dir", str(shards), "--out", str(runs), "--epochs", "2", *FLAGS]
+    assert compare_main([*base, "--eval_splits", "nosuch"]) == 2
+    assert "--eval_splits nosuch: " in capsys.readouterr().out
+    assert compare_main([*base, "--eval_splits", "imagenetv2", "--real_labels", str(real)]) == 0
+    assert "skipping it" in capsys.readouterr().out
+    record = json.loads((runs / "comparison.json").read_text())
+    assert {t["set"] for t in record["paired"]} == {"val", "val ReaL", "imagenetv2"}
+    assert set(record["sets"]["sd"]) == {"val", "val ReaL", "imagenetv2"}
+    table = (runs / "comparison.md").read_text()
+    assert "- imagenetv2: final weights, " in table and "- val ReaL: final weights, " in table
+    assert "## Beyond the val set" in table and "| imagenetv2 top-1 % |" in table
+    for arm in ("baseline", "sd"):
+        with np.load(runs / arm / "imagenetv2_final.npz") as saved:
+            assert str(saved["split"]) == "imagenetv2" and len(saved["keys"]) == 9
+        with np.load(runs / arm / "val_final.npz") as saved:
+            unlabelled = [lists[int(str(k)[-8:]) - 1] == [] for k in saved["keys"]]
+            assert list(saved["real_correct"] == -1) == unlabelled
+    # The tiny runs predict alike; make sd's predictions differ (right on some images, wrong
+    # on others), then train.report on the same folders: its tests against a count by hand.
+    for file in ("val_final.npz", "imagenetv2_final.npz"):
+        with np.load(runs / "sd" / file) as saved:
+            arrays = dict(saved)
+        labels, keys = arrays["labels"], arrays["keys"]
+        predicted = np.where(np.arange(len(labels)) % 3 == 0, labels, (labels + 1) % 3)
+        arrays["logits"] = np.eye(3, dtype=np.float32)[predicted]
+        if "real_correct" in arrays:
+            allowed = [lists[int(str(k)[-8:]) - 1] for k in keys]
+            by_hand = [int(p in a) if a else -1 for p, a in zip(predicted, allowed, strict=True)]
+            arrays["real_correct"] = np.array(by_hand, dtype=np.int8)
+        np.savez(runs / "sd" / file, **arrays)
+    report = tmp_path / "report"
+    assert report_main([str(runs / "baseline"), str(runs / "sd"), "--out", str(report)]) == 0
+    record = json.loads((report / "comparison.json").read_text())
+    by_set = {t["set"]: t for t in record["paired"] if t["weights"] == "final"}
+    for label, file, images in (("imagenetv2", "imagenetv2_final.npz", 9), ("val ReaL", None, 7)):
+        right = []
+        for arm in ("baseline", "sd"):
+            with np.load(runs / arm / (file or "val_final.npz")) as saved:
+                if file:
+                    right.append(saved["logits"].argmax(1) == saved["labels"])
+                else:
+                    real_correct = saved["real_correct"]
+                    right.append(real_correct[real_correct >= 0] == 1)
+        test = by_set[label]
+        assert test["images"] == images == len(right[0])
+        only_a, only_b = int(np.sum(right[0] & ~right[1])), int(np.sum(right[1] & ~right[0]))
+        assert only_a + only_b > 0  # the runs differ on this set
+        assert test["difference"] == pytest.approx(100 * (right[1].mean() - right[0].mean()))
+        assert (test["only_a"], test["only_b"]) == (only_a, only_b)
+        assert test["p_value"] == pytest.approx(mcnemar_exact(only_a, only_b))
+        assert record["sets"]["sd"][label]["top1"] == pytest.approx(100 * right[1].mean())
+    assert (
+        f"- imagenetv2: final weights, sd - baseline: {by_set['imagenetv2']['difference']:+.2f}"
+        in (report / "comparison.md").read_text()
+    )
 
 
 @pytest.mark.slow

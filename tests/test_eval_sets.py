@@ -1,18 +1,29 @@
-"""train.evaluate beyond the val images: any split of the shards (--split, e.g. an evaluation
-set beside val) and ImageNet's ReaL labels (--real_labels), on shards made by the tests."""
+"""Beyond the val images: evaluation sets added to the shards (`python -m prep eval_set`:
+ImageNetV2-style index folders, as a tar.gz and extracted, and Sketch-style WordNet-id
+folders), train.evaluate on any split (--split) and with ImageNet's ReaL labels
+(--real_labels), on data made by the tests."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 import shutil
+import tarfile
 
 import numpy as np
 import pytest
 import torch
 
 from models import build_resnet
+from prep.__main__ import main as prep_main
 from prep.build import PrepOptions, build
-from prep.imagenet_like import write_imagenet_like
+from prep.errors import PrepError
+from prep.eval_set import add_eval_set
+from prep.imagenet_like import jpeg_bytes, load_photos, random_view, write_imagenet_like
+from prep.shardio import read_members
+from prep.verify import verify
+from tests.test_prep import tree_bytes
 from train.evaluate import main as evaluate_main
 
 CLASSES = 6  # more than 5: a top-5 prediction can miss
@@ -34,6 +45,185 @@ def ilsvrc(tmp_path_factory):
     torch.nn.init.normal_(model.fc.weight, std=1.0)  # varied predictions
     torch.save(model.state_dict(), root / "rn50.pth")
     return root
+
+
+V2_TOP = "imagenetv2-matched-frequency-format-val"  # the folder inside the download
+
+
+def write_eval_images(folder, names_of_class, per_class, seed, file_name) -> dict[str, int]:
+    """JPEGs of real photos in folder/<class folder>/; {path below folder: class folder}."""
+    rng = random.Random(seed)
+    written = {}
+    for label, class_folder in enumerate(names_of_class):
+        (folder / class_folder).mkdir(parents=True)
+        for i in range(per_class):
+            view = random_view(load_photos()[rng.randrange(7)], rng, (40, 32), grey=False)
+            data = jpeg_bytes(view, 90)
+            name = file_name(data, i)
+            (folder / class_folder / name).write_bytes(data)
+            written[f"{class_folder}/{name}"] = label
+    return written
+
+
+@pytest.fixture(scope="module")
+def eval_sources(ilsvrc, tmp_path_factory):
+    """ImageNetV2-style (index folders, hashed names, a truncated image, a stray file) as an
+    extracted folder and as a tar.gz packed in another order; a Sketch-style wnid folder."""
+    root = tmp_path_factory.mktemp("eval_sources")
+    v2 = root / "v2" / V2_TOP
+    write_eval_images(v2, [str(i) for i in range(CLASSES)], 2, 1,
+                      lambda data, i: f"{hashlib.sha1(data).hexdigest()}.jpeg")  # fmt: skip
+    broken = next((v2 / "4").iterdir())
+    broken.write_bytes(broken.read_bytes()[:200])  # a truncated download: skipped, listed
+    (v2 / "4" / "README.txt").write_text("not an image")
+    with tarfile.open(root / "imagenetv2-matched-frequency.tar.gz", "w:gz") as tar:
+        for path in sorted(v2.rglob("*"), reverse=True):  # not the order of the folder
+            tar.add(path, arcname=str(path.relative_to(root / "v2")), recursive=False)
+    with tarfile.open(root / "imagenetv2-matched-frequency.tar.gz") as tar:
+        assert tar.getnames()[0].endswith(".jpeg")  # an image before its folder
+    wnids = (ilsvrc / "shards" / "classes.txt").read_text().split()
+    sketch = root / "sketch"
+    write_eval_images(sketch, wnids[:4], 2, 2, lambda data, i: f"sketch_{i}.JPEG")
+    return root
+
+
+@pytest.fixture
+def shards_copy(ilsvrc, tmp_path):
+    def copy(name="shards"):
+        shutil.copytree(ilsvrc / "shards", tmp_path / name)
+        return tmp_path / name
+
+    return copy
+
+
+def split_labels(shards, name) -> dict[str, int]:
+    """{key: class} of a split, read from its tars."""
+    labels = {}
+    for shard in json.loads((shards / "manifest.json").read_text())["splits"][name]["shards"]:
+        for member, data in read_members(shards / shard["tar"]):
+            if member.name.endswith(".cls"):
+                labels[member.name[: -len(".cls")]] = int(data)
+    return labels
+
+
+def test_v2_tar_gz_and_its_extracted_folder_give_the_same_split(
+    ilsvrc, eval_sources, shards_copy, capsys
+):
+    from_gz, from_folder = shards_copy("gz"), shards_copy("folder")
+    gz = eval_sources / "imagenetv2-matched-frequency.tar.gz"
+    assert prep_main(["eval_set", str(from_gz), "imagenetv2", str(gz), "--shard_size", "4"]) == 0
+    add_eval_set(from_folder, "imagenetv2", eval_sources / "v2", shard_size=4, workers=2)
+    gz_files = {k: v for k, v in tree_bytes(from_gz).items() if k.startswith("imagenetv2-")}
+    assert len(gz_files) == 6 and gz_files == {  # 11 images in 3 shards, byte for byte
+        k: v for k, v in tree_bytes(from_folder).items() if k.startswith("imagenetv2-")
+    }
+    manifest = verify(from_gz)  # checks the new split too
+    split = manifest["splits"]["imagenetv2"]
+    assert split["num_samples"] == 11 and split["counts"]["skipped"] == 1
+    assert split["skipped"][0]["path"].startswith(
+        f"imagenetv2-matched-frequency.tar.gz/{V2_TOP}/4/"
+    )
+    assert split["source"]["ignored_files"] == 1
+    assert list(manifest["splits"]) == ["train", "val", "imagenetv2"]
+    labels = split_labels(from_gz, "imagenetv2")
+    assert all(int(key.split("_")[0]) == label for key, label in labels.items())
+    assert sorted(set(labels.values())) == list(range(CLASSES))
+    capsys.readouterr()
+    # Rerunning, from the archive or its folder, does nothing; so does `make shards`.
+    before = (from_gz / "manifest.json").read_bytes()
+    for source in (gz, eval_sources / "v2"):
+        assert prep_main(["eval_set", str(from_gz), "imagenetv2", str(source),
+                          "--shard_size", "4"]) == 0  # fmt: skip
+        assert "nothing to do" in capsys.readouterr().out
+    build(ilsvrc / "data", from_gz, PrepOptions(), workers=1)
+    assert "already complete" in capsys.readouterr().out
+    assert (from_gz / "manifest.json").read_bytes() == before
+    # The trainer's val pipeline reads it.
+    json_path = from_gz / "v2.json"
+    argv = ["--data_dir", str(from_gz), "--weights", str(ilsvrc / "rn50.pth"), *FAST]
+    assert evaluate_main([*argv, "--split", "imagenetv2", "--json", str(json_path)]) == 0
+    assert json.loads(json_path.read_text())["images"] == 11
+    # A damaged shard of the new split fails verify; make shards --overwrite removes the split.
+    tar = from_folder / "imagenetv2-000001.tar"
+    data = bytearray(tar.read_bytes())
+    data[600] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    with pytest.raises(PrepError, match="imagenetv2-000001.tar: sha256 differs"):
+        verify(from_folder)
+    build(ilsvrc / "data", from_folder, PrepOptions(shard_size=5), workers=1, overwrite=True)
+    assert not list(from_folder.glob("imagenetv2-*"))
+    assert list(verify(from_folder)["splits"]) == ["train", "val"]
+
+
+def test_sketch_wnid_folders_are_keyed_by_class(eval_sources, shards_copy):
+    shards = shards_copy()
+    add_eval_set(shards, "sketch", eval_sources / "sketch", workers=1)
+    wnids = (shards / "classes.txt").read_text().split()
+    labels = split_labels(shards, "sketch")
+    assert sorted(labels) == sorted(f"{w}_sketch_{i}" for w in wnids[:4] for i in range(2))
+    assert all(labels[key] == wnids.index(key.split("_")[0]) for key in labels)
+    assert verify(shards)["splits"]["sketch"]["num_samples"] == 8
+
+
+def test_a_stopped_run_resumes_to_the_same_shards(eval_sources, shards_copy, capsys):
+    whole, stopped = shards_copy("whole"), shards_copy("stopped")
+    add_eval_set(whole, "imagenetv2", eval_sources / "v2", shard_size=2, workers=1)
+    with pytest.raises(PrepError, match="--strict: 1 images cannot be decoded"):
+        add_eval_set(stopped, "imagenetv2", eval_sources / "v2", shard_size=2, strict=True)
+    assert "imagenetv2" not in json.loads((stopped / "manifest.json").read_text())["splits"]
+    (stopped / "imagenetv2-000002.tar").unlink()  # as if killed while writing the third shard
+    capsys.readouterr()
+    add_eval_set(stopped, "imagenetv2", eval_sources / "v2", shard_size=2, workers=1)
+    assert "resuming: 5 shards already done" in capsys.readouterr().out
+    assert tree_bytes(stopped) == tree_bytes(whole)
+    assert not (stopped / ".prep-imagenetv2").exists()
+
+
+def test_eval_set_refusals_are_one_line_errors(ilsvrc, eval_sources, shards_copy, tmp_path, capsys):
+    shards = shards_copy()
+    v2 = eval_sources / "v2"
+
+    def refused(*argv) -> str:
+        assert prep_main(["eval_set", *map(str, argv)]) == 2
+        errors = [e for e in capsys.readouterr().err.splitlines() if e.startswith("prep: error")]
+        assert len(errors) == 1
+        return errors[0]
+
+    assert "the shards' own val split" in refused(shards, "val", v2)
+    assert "use letters, digits and underscores" in refused(shards, "image-net-v2", v2)
+    missing = tmp_path / "missing"
+    shutil.copytree(v2, missing)
+    shutil.rmtree(missing / V2_TOP / "3")
+    shutil.rmtree(missing / V2_TOP / "5")
+    assert "2 of 0 ... 5 have no images: 3, 5" in refused(shards, "v2", missing)
+    beyond = tmp_path / "beyond"
+    shutil.copytree(v2, beyond)
+    shutil.copytree(beyond / V2_TOP / "0", beyond / V2_TOP / "6")
+    assert "class folder 6 is beyond the shards' 6 classes (0 ... 5)" in refused(
+        shards, "v2", beyond
+    )
+    unknown = tmp_path / "unknown"
+    shutil.copytree(eval_sources / "sketch", unknown)
+    shutil.copytree(next(unknown.iterdir()), unknown / "n99999999")
+    assert "1 class folders are not classes of classes.txt: n99999999" in refused(
+        shards, "sketch", unknown
+    )
+    uneven = tmp_path / "uneven"
+    shutil.copytree(eval_sources / "sketch", uneven / "a")
+    shutil.copytree(eval_sources / "sketch", uneven / "b")
+    assert "all the class folders in one folder" in refused(shards, "sketch", uneven)
+    truncated = tmp_path / "v2.tar.gz"
+    truncated.write_bytes(
+        (eval_sources / "imagenetv2-matched-frequency.tar.gz").read_bytes()[:3000]
+    )
+    assert "is not a readable tar.gz" in refused(shards, "v2", truncated)
+    add_eval_set(shards, "sketch", eval_sources / "sketch", workers=1)
+    assert "already holds a split sketch, made from" in refused(shards, "sketch", v2)
+    assert prep_main(["eval_set", str(shards), "sketch", str(v2), "--overwrite"]) == 0
+    assert verify(shards)["splits"]["sketch"]["num_samples"] == 11
+    assert not list(shards.glob(".prep-*"))
+    (shards / "classes.txt").unlink()
+    assert "classes.txt is missing" in refused(shards, "v2", v2)
 
 
 def evaluate(root, *extra) -> int:
@@ -107,6 +297,7 @@ def test_any_split_of_the_shards_is_evaluated_and_recorded(ilsvrc, tmp_path, cap
     val, again = (json.loads((tmp_path / f"{s}.json").read_text()) for s in ("val", "again"))
     assert again["split"] == "again" and again["images"] == val["images"] == 12
     assert again["top1"] == val["top1"] and again["loss"] == pytest.approx(val["loss"])
+    assert str(np.load(tmp_path / "again.npz")["split"]) == "again"
     assert list(np.load(tmp_path / "again.npz")["keys"]) == list(
         np.load(tmp_path / "val.npz")["keys"]
     )

@@ -1,6 +1,7 @@
 """python -m train.compare: train several arms with everything else equal (by default the
 baseline, --sd 0, and stochastic depth, --sd 1), over one or more seeds, evaluate every run on
-the same val images, and report whether the differences are real.
+the same val images (and on evaluation sets: --eval_splits, --real_labels), and report
+whether the differences are real.
 
 Runs live in OUT/ARM (one seed) or OUT/ARM/seedS (--seeds N) and resume like the trainer:
 rerunning continues what is unfinished and skips what is done, evaluations included. Every
@@ -24,6 +25,7 @@ from models import STAGE_BLOCKS
 from prep.flags import FlagParser
 from train.comparison import (
     DEFAULT_ARMS,
+    Evaluation,
     RunSpec,
     evaluation_todo,
     finished,
@@ -32,6 +34,8 @@ from train.comparison import (
     run_specs,
 )
 from train.comparison_report import ReportError, write_report
+from train.real_labels import RealLabelsError, read_real_labels
+from train.shards import TRAINER_SPLITS, ShardsError, open_shards
 
 SET_BY_COMPARE = ("--out", "--resume", "--seed")
 
@@ -44,6 +48,8 @@ class Launch:
     depth: int
     epochs: int | None
     extra: list[str]  # common trainer flags
+    eval_splits: tuple[str, ...] = ()  # evaluation sets beside val (--eval_splits)
+    real_labels: str | None = None  # --real_labels: ReaL on val too
 
 
 def visible_gpus() -> list[str]:
@@ -81,12 +87,12 @@ def train_command(nproc: int, run: RunSpec, launch: Launch) -> list[str]:
     ]  # fmt: skip
 
 
-def evaluate_command(
-    nproc: int, weights: Path, logits: Path, ema: bool, launch: Launch
-) -> list[str]:
-    """train.evaluate on the val shards, writing every image's logits (what the paired tests
-    need); DALI threads and device follow the trainer flags when they name them."""
-    passed = ["--ema"] if ema else []
+def evaluate_command(nproc: int, todo: Evaluation, launch: Launch) -> list[str]:
+    """train.evaluate on a split of the shards, writing every image's logits (what the paired
+    tests need); DALI threads and device follow the trainer flags when they name them."""
+    passed = ["--ema"] if todo.ema else []
+    if todo.real:
+        passed += ["--real_labels", str(launch.real_labels)]
     for flag in ("--workers", "--device"):
         if flag in launch.extra:
             passed += [flag, launch.extra[launch.extra.index(flag) + 1]]
@@ -94,8 +100,9 @@ def evaluate_command(
         *launcher(nproc),
         "-m", "train.evaluate",
         "--data_dir", launch.data_dir,
-        "--weights", str(weights),
-        "--logits", str(logits),
+        "--weights", str(todo.weights),
+        "--split", todo.split,
+        "--logits", str(todo.logits),
         *passed,
     ]  # fmt: skip
 
@@ -118,8 +125,9 @@ def run_arm_in_turn(runs: list[RunSpec], launch: Launch, gpus: list[str], prefix
             print(f"compare: training {run.name} in {run.directory}", flush=True)
             if not execute(train_command(nproc, run, launch), run.name, env, prefix):
                 return False
-        for weights, logits, ema in evaluation_todo(run.directory):
-            command = evaluate_command(nproc, weights, logits, ema, launch)
+        real = launch.real_labels is not None
+        for todo in evaluation_todo(run.directory, launch.eval_splits, real):
+            command = evaluate_command(nproc, todo, launch)
             if not execute(command, run.name, env, prefix):
                 return False
     return True
@@ -163,6 +171,19 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         help='an arm: a name and its trainer flags, e.g. --arm fast="--recipe fast"; '
         'repeatable, the first is the reference (default: baseline="--sd 0" sd="--sd 1")',
     )
+    p.add_argument(
+        "--eval_splits",
+        metavar="NAME,...",
+        help="evaluation sets of the shards (added by `python -m prep eval_set`, e.g. "
+        "imagenetv2,sketch): every run's final and best weights are evaluated on each too, "
+        "and the report tests the differences on each",
+    )
+    p.add_argument(
+        "--real_labels",
+        metavar="REAL_JSON",
+        help="ReaL labels of the val images (real.json): the report tests the differences "
+        "in ReaL top-1 too, on the images it labels",
+    )
     p.add_argument("--seeds", type=int, default=1, help="runs per arm, seeds SEED, SEED+1, ...")
     p.add_argument("--seed", type=int, default=42, help="the first seed")
     p.add_argument(
@@ -177,6 +198,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         help="parallel mode: split the visible GPUs evenly among the arms (else all share them)",
     )
     args, extra = p.parse_known_args(argv)
+    args.eval_splits = tuple(dict.fromkeys(n for n in (args.eval_splits or "").split(",") if n))
     try:
         args.arms = [parse_arm(a) for a in args.arm] if args.arm else list(DEFAULT_ARMS)
     except ValueError as e:
@@ -203,9 +225,39 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def check_evaluation_sets(args: argparse.Namespace) -> str | None:
+    """Before any training: what is wrong with --eval_splits and --real_labels, or None."""
+    if not args.eval_splits and args.real_labels is None:
+        return None
+    try:
+        shards = open_shards(args.data_dir)
+        splits = shards.manifest["splits"]
+        for name in args.eval_splits:
+            if name in TRAINER_SPLITS:
+                return f"--eval_splits {name}: {name} is the trainer's; name evaluation sets"
+            if name not in splits:
+                return (
+                    f"--eval_splits {name}: {args.data_dir} has no such split (it has "
+                    f"{', '.join(splits)}); add it with `python -m prep eval_set "
+                    f"{args.data_dir} {name} SOURCE`"
+                )
+        if args.real_labels is not None:
+            keys = shards.sample_keys("val")
+            read_real_labels(Path(args.real_labels), keys, shards.num_classes)
+    except (ShardsError, RealLabelsError) as e:
+        return str(e)
+    return None
+
+
 def compare(args: argparse.Namespace, extra: list[str]) -> int:
     out = Path(args.out)
-    launch = Launch(args.data_dir, args.depth, args.epochs, extra)
+    problem = check_evaluation_sets(args)
+    if problem is not None:
+        print(f"compare: error: {problem}")
+        return 2
+    launch = Launch(
+        args.data_dir, args.depth, args.epochs, extra, args.eval_splits, args.real_labels
+    )
     runs = run_specs(args.arms, args.seeds, args.seed, out, extra, args.epochs)
     for run in runs:
         if finished(run):

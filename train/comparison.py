@@ -1,5 +1,6 @@
 """The runs of a comparison: arms (a name and its trainer flags), seeds, where each run lives,
-whether it has finished, and which of its weights still need evaluating on the val images."""
+whether it has finished, and which of its weights still need evaluating on the val images
+and the evaluation sets (--eval_splits)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,18 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from train.config import parse_config
 
-FINAL, BEST = "val_final.npz", "val_best.npz"  # per-image logits of last.pt and best.pt
+
+def logits_file(split: str, which: str) -> str:
+    """The per-image logits of a run's final (last.pt) or best (best.pt) weights on a split:
+    val_final.npz, val_best.npz, imagenetv2_final.npz, ..."""
+    return f"{split}_{which}.npz"
+
+
+FINAL, BEST = logits_file("val", "final"), logits_file("val", "best")
 
 
 @dataclass(frozen=True)
@@ -82,19 +92,44 @@ def finished_words(run: RunSpec) -> str:
     return f"finished its {run.epochs} epochs"
 
 
-def evaluation_todo(directory: Path) -> list[tuple[Path, Path, bool]]:
-    """(weights, logits file, whether to take the averaged weights) still to evaluate:
-    last.pt's live weights, and best.pt's best weights (live or EMA) when they are another
-    epoch's; a logits file newer than its weights is done."""
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation still to run: weights on a split, its logits file, and whether to take
+    the averaged weights and the ReaL labels (val only)."""
+
+    weights: Path
+    logits: Path
+    ema: bool
+    split: str = "val"
+    real: bool = False
+
+
+def has_real(logits: Path) -> bool:
+    with np.load(logits) as saved:
+        return "real_correct" in saved.files
+
+
+def evaluation_todo(
+    directory: Path, splits: tuple[str, ...] = (), real: bool = False
+) -> list[Evaluation]:
+    """What is still to evaluate, on val and on each of `splits`: last.pt's live weights, and
+    best.pt's best weights (live or EMA) when they are another epoch's; a logits file newer
+    than its weights is done (on val with `real`, when it holds the ReaL column)."""
     done = summary(directory) or {}
-    todo = [(directory / "last.pt", directory / FINAL, False)]
+    weights = [(directory / "last.pt", "final", False)]
     if done.get("best_epoch") not in (None, done.get("epochs_completed")) or (
         done.get("best_weights") == "ema"
     ):
-        todo.append((directory / "best.pt", directory / BEST, done.get("best_weights") == "ema"))
-    return [
-        (weights, logits, ema)
-        for weights, logits, ema in todo
-        if weights.is_file()
-        and not (logits.is_file() and logits.stat().st_mtime >= weights.stat().st_mtime)
-    ]
+        weights.append((directory / "best.pt", "best", done.get("best_weights") == "ema"))
+    todo = []
+    for split in ("val", *splits):
+        with_real = real and split == "val"
+        for path, which, ema in weights:
+            logits = directory / logits_file(split, which)
+            if not path.is_file():
+                continue
+            fresh = logits.is_file() and logits.stat().st_mtime >= path.stat().st_mtime
+            if fresh and (not with_real or has_real(logits)):
+                continue
+            todo.append(Evaluation(path, logits, ema, split, with_real))
+    return todo

@@ -35,7 +35,7 @@ from train.data import DEFAULT_THREADS, make_loader
 from train.environment import dist_env, end_process_group, start_process_group
 from train.inputs import loader_kwargs
 from train.loop import evaluate
-from train.real_labels import RealLabelsError, read_real_labels, real_accuracy
+from train.real_labels import RealLabelsError, read_real_labels, real_accuracy, real_correct
 from train.shards import Shards, ShardsError, open_shards
 
 # Prefixes that wrappers leave on parameter names: DDP's module, torch.compile's _orig_mod.
@@ -271,7 +271,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--logits",
         help="write every image's logits, label and key (its file name stem), in the shards' "
-        "order, to this .npz file",
+        "order, and the split, to this .npz file (with --real_labels: each image's ReaL "
+        "top-1 too, real_correct: 1 right, 0 wrong, -1 unlabelled)",
     )
     return p.parse_args(argv)
 
@@ -358,7 +359,8 @@ def run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -
     if every_image:
         logits, labels = gather_rows(parts, d.world_size)
         if d.rank == 0 and args.logits:
-            write_logits(Path(args.logits), logits, labels, keys)
+            correct = real_correct(logits, real) if real is not None else None
+            write_logits(Path(args.logits), logits, labels, keys, args.split, correct)
         if real is not None:
             record |= real_accuracy(logits, real)
     return record
@@ -376,11 +378,24 @@ def real_lists(args: argparse.Namespace, shards: Shards, keys: list | None) -> l
     return read_real_labels(Path(args.real_labels), keys, shards.num_classes)
 
 
-def write_logits(path: Path, logits: torch.Tensor, labels: torch.Tensor, keys: list) -> None:
-    """Every image's logits, label and key, in the shards' order."""
+def write_logits(
+    path: Path,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    keys: list,
+    split: str,
+    real: np.ndarray | None,
+) -> None:
+    """Every image's logits, label and key, in the shards' order, and the split; with
+    --real_labels, `real_correct` too: each image's ReaL top-1 (1 right, 0 wrong, -1 no
+    label), what the comparison's paired tests on ReaL read."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"logits": logits.numpy(), "labels": labels.numpy(), "keys": np.array(keys)}
+    arrays["split"] = np.array(split)
+    if real is not None:
+        arrays["real_correct"] = real
     with atomic_file(path) as f:  # a file object: np.savez adds no .npz to the name
-        np.savez(f, logits=logits.numpy(), labels=labels.numpy(), keys=np.array(keys))
+        np.savez(f, **arrays)
 
 
 def result_record(

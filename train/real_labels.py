@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 VAL_KEY = re.compile(r"ILSVRC2012_val_(\d{8})")
@@ -73,3 +74,13 @@ def real_accuracy(logits: torch.Tensor, lists: list[list[int]]) -> dict:
         "real_top5": top5 / n if n else None,
         "real_images": n,
     }
+
+
+def real_correct(logits: torch.Tensor, lists: list[list[int]]) -> np.ndarray:
+    """Each image's ReaL top-1: 1 when its top class is in its list, 0 when not, -1 when
+    the list is empty (the image is left out)."""
+    top = logits.argmax(1).tolist()
+    return np.array(
+        [(int(t in allowed) if allowed else -1) for t, allowed in zip(top, lists, strict=True)],
+        dtype=np.int8,
+    )

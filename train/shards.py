@@ -15,6 +15,7 @@ MANIFEST = "manifest.json"
 CLASSES = "classes.txt"
 IMAGENET_TRAIN_IMAGES = 1_281_167
 IMAGENET_CLASSES = 1000
+TRAINER_SPLITS = ("train", "val")  # the others are evaluation sets (train.evaluate --split)
 
 
 class ShardsError(Exception):
@@ -45,11 +46,14 @@ class Shards:
         tars = [str(self.folder / shards[i]["tar"]) for i in order]
         return tars, [str(self.folder / shards[i]["index"]) for i in order]
 
-    def files(self) -> list[str]:
-        """Every file a run reads, as names relative to the folder (what --cache copies)."""
+    def files(self, splits: tuple[str, ...] = TRAINER_SPLITS) -> list[str]:
+        """The files of these splits, and the manifest and classes, as names relative to the
+        folder (what --cache copies: the evaluation sets that `prep eval_set` adds stay on
+        disk, the trainer reads train and val only)."""
         return [MANIFEST, CLASSES] + [
             name
-            for info in self.manifest["splits"].values()
+            for split, info in self.manifest["splits"].items()
+            if split in splits
             for s in info["shards"]
             for name in (s["tar"], s["index"])
         ]

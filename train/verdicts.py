@@ -1,56 +1,118 @@
 """The statistics section of a comparison report: each run's per-image val correctness (from
 the logits train.evaluate wrote), every arm tested against the first on the same images, and
 with several seeds per arm the seeds' mean, spread and Welch interval, and which noise is
-larger. Returns plain data (comparison.json) and the sentences that say it (comparison.md)."""
+larger; the same paired tests on each set beyond val that the runs were evaluated on (val's
+ReaL labels, evaluation splits such as ImageNetV2). Returns plain data (comparison.json) and
+the sentences that say it (comparison.md)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from train.comparison import BEST, FINAL
+from train.comparison import logits_file
 from train.stats import Seeds, larger_noise, paired, sampling_error, verdict, welch
 
 
 class DifferentImages(Exception):
-    """The runs were evaluated on different val images: no paired test is possible."""
+    """The runs were evaluated on different images: no paired test is possible."""
 
 
-def correctness(directory: Path, which: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(keys, correct) of a run's final or best weights over the val images, or None when
+@dataclass(frozen=True)
+class EvalSet:
+    """Where the runs were scored: a split's top-1, or val's ReaL top-1 (on the images that
+    real.json labels)."""
+
+    split: str = "val"
+    real: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.split} ReaL" if self.real else self.split
+
+
+VAL = EvalSet()
+
+
+def correctness(
+    directory: Path, which: str, where: EvalSet = VAL
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(keys, correct) of a run's final or best weights over the set's images, or None when
     not evaluated. best falls back to final when best.pt is the last epoch's."""
-    path = directory / (BEST if which == "best" else FINAL)
+    path = directory / logits_file(where.split, which)
     if which == "best" and not path.is_file():
-        path = directory / FINAL
+        path = directory / logits_file(where.split, "final")
     if not path.is_file():
         return None
     with np.load(path) as saved:
-        return saved["keys"], saved["logits"].argmax(1) == saved["labels"]
+        if not where.real:
+            return saved["keys"], saved["logits"].argmax(1) == saved["labels"]
+        if "real_correct" not in saved.files:
+            return None
+        real = saved["real_correct"]
+        return saved["keys"][real >= 0], real[real >= 0] == 1
 
 
-def paired_tests(groups: dict[str, list[Path]]) -> list[dict]:
-    """Every arm's k-th seed against the first arm's k-th seed, final and best weights."""
+def evaluation_sets(groups: dict[str, list[Path]]) -> list[EvalSet]:
+    """The sets beyond val that every run was evaluated on: val's ReaL labels, then the
+    evaluation splits (their final logits beside every run), by name."""
+    runs = [d for dirs in groups.values() for d in dirs]
+    found = []
+    if all(correctness(d, "final", EvalSet(real=True)) is not None for d in runs):
+        found.append(EvalSet(real=True))
+    names = {p.name[: -len("_final.npz")] for p in runs[0].glob("*_final.npz")} - {"val"}
+    for name in sorted(names):
+        if all((d / logits_file(name, "final")).is_file() for d in runs):
+            found.append(EvalSet(name))
+    return found
+
+
+def paired_tests(groups: dict[str, list[Path]], where: EvalSet = VAL) -> list[dict]:
+    """Every arm's k-th seed against the first arm's k-th seed, final and best weights, on
+    the images of `where`."""
     names = list(groups)
     reference, tests = names[0], []
+    best = logits_file(where.split, "best")
+    prefix = "" if where == VAL else f"{where.label}: "
     for name in names[1:]:
         for a_dir, b_dir in zip(groups[reference], groups[name], strict=False):
             for which in ("final", "best"):
-                if which == "best" and not ((a_dir / BEST).is_file() or (b_dir / BEST).is_file()):
+                if which == "best" and not ((a_dir / best).is_file() or (b_dir / best).is_file()):
                     continue  # both runs' best weights are their final ones
-                a, b = correctness(a_dir, which), correctness(b_dir, which)
+                a, b = correctness(a_dir, which, where), correctness(b_dir, which, where)
                 if a is None or b is None:
                     continue
                 if not np.array_equal(a[0], b[0]):
-                    raise DifferentImages(f"{a_dir} and {b_dir} were evaluated on other val images")
+                    raise DifferentImages(
+                        f"{a_dir} and {b_dir} were evaluated on other {where.label} images"
+                    )
                 result = paired(a[1], b[1])
                 label_a, label_b = run_label(reference, a_dir), run_label(name, b_dir)
                 tests.append(
-                    {"weights": which, "a": label_a, "b": label_b, **asdict(result)}
-                    | {"verdict": f"{which} weights, {verdict(label_b, label_a, result)}"}
+                    {"set": where.label, "weights": which, "a": label_a, "b": label_b}
+                    | asdict(result)
+                    | {"verdict": f"{prefix}{which} weights, {verdict(label_b, label_a, result)}"}
                 )
     return tests
+
+
+def set_accuracies(groups: dict[str, list[Path]], sets: list[EvalSet]) -> dict[str, dict]:
+    """Each run's final top-1 (%) on val and on each set beyond it, and the images counted."""
+    table = {}
+    for name, dirs in groups.items():
+        for d in dirs:
+            row = {}
+            for where in [VAL, *sets]:
+                found = correctness(d, "final", where)
+                if found is not None:
+                    row[where.label] = {
+                        "top1": 100 * float(found[1].mean()),
+                        "images": len(found[1]),
+                    }
+            table[run_label(name, d)] = row
+    return table
 
 
 def run_label(arm: str, directory: Path) -> str:
@@ -129,4 +191,28 @@ def markdown(tests: list[dict], seeds: dict | None, evaluated: bool) -> str:
             for w in seeds["welch"]
         ]
         lines.append(f"- Noise: {seeds['noise']}.")
+    return "\n".join(lines) + "\n"
+
+
+def sets_markdown(accuracies: dict[str, dict], sets: list[EvalSet]) -> str:
+    """The runs' final top-1 on val and on each set beyond it, side by side."""
+    if not sets:
+        return ""
+    labels = [VAL.label, *(w.label for w in sets)]
+    lines = ["", "## Beyond the val set", ""]
+    lines.append("| run | " + " | ".join(f"{label} top-1 %" for label in labels) + " |")
+    lines.append("|---|" + "---:|" * len(labels))
+    for run, row in accuracies.items():
+        values = [f"{row[label]['top1']:.2f}" if label in row else "-" for label in labels]
+        lines.append(f"| {run} | " + " | ".join(values) + " |")
+    counts = ", ".join(
+        f"{label} {next(iter(accuracies.values())).get(label, {}).get('images', 0):,}"
+        for label in labels
+    )
+    lines += [
+        "",
+        f"Final weights; images: {counts}. A difference that is real on val but not on an "
+        "evaluation set (its interval covers 0) may fit val's particular images rather than "
+        "the task; ReaL counts a prediction right when raters judged that class correct.",
+    ]
     return "\n".join(lines) + "\n"
