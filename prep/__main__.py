@@ -1,5 +1,5 @@
 """python -m prep DATA OUT [options] | python -m prep verify OUT
-| python -m prep eval_set OUT NAME SOURCE [options]"""
+| python -m prep eval_set SHARDS NAME SOURCE [options]"""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ python -m prep DATA OUT [options]     convert ImageNet into shards (make shards)
 python -m prep OUT --train_tar ILSVRC2012_img_train.tar --val_tar ILSVRC2012_img_val.tar \\
     [--devkit ILSVRC2012_devkit_t12.tar.gz] [options]
 python -m prep verify OUT [--processes N]   check a shards folder (make verify-shards)
-python -m prep eval_set OUT NAME SOURCE [options]   add an evaluation split (ImageNetV2, ...)"""
+python -m prep eval_set SHARDS NAME SOURCE [options]   add an evaluation split (ImageNetV2)"""
 
 
 def positive(text: str) -> int:
@@ -141,7 +141,7 @@ def eval_set_parser() -> argparse.ArgumentParser:
         prog="python -m prep eval_set",
         aliases=ALIASES,
         description="Add an evaluation split NAME (NAME-000000.tar ... with DALI indexes) to "
-        "a finished shards folder, beside train and val, labelled with its classes.txt; "
+        "a finished shards folder SHARDS, beside train and val, labelled with its classes.txt; "
         "evaluate it with `python -m train.evaluate --split NAME`. SOURCE: ImageNetV2's "
         "tar.gz as downloaded (read in place, not extracted), a tar or zip, or a folder, "
         "holding one folder per class: named by class index 0 ... K-1, every one of them "
@@ -150,9 +150,13 @@ def eval_set_parser() -> argparse.ArgumentParser:
         "did for OUT (its --max_side and --quality). Resumable: rerun the same command after "
         "a crash; rerunning a finished one does nothing.",
     )
-    p.add_argument("out", help="the shards folder (made by `make shards`)")
-    p.add_argument("name", help="the split's name: letters, digits, _ (e.g. imagenetv2, sketch)")
-    p.add_argument("source", help="the tar.gz, tar or zip as downloaded, or the folder")
+    p.add_argument("out", metavar="SHARDS", help="the shards folder (made by `make shards`)")
+    p.add_argument(
+        "name", metavar="NAME", help="the split's name: letters, digits, _ (e.g. imagenetv2)"
+    )
+    p.add_argument(
+        "source", metavar="SOURCE", help="the tar.gz, tar or zip as downloaded, or the folder"
+    )
     p.add_argument(
         "--shard_size",
         type=positive,

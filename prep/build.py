@@ -251,6 +251,9 @@ def our_files(out: Path) -> list[Path]:
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         for info in json.loads((out / "manifest.json").read_text())["splits"].values():
             found |= {out / s[k] for s in info["shards"] for k in ("tar", "index")}
+    for state in out.glob(f"{STATE_DIR}-*"):  # an unfinished eval_set NAME: .prep-NAME/
+        name = state.name[len(STATE_DIR) + 1 :]
+        found |= {*out.glob(f"{name}-*.tar"), *out.glob(f"{name}-*.idx")}
     found |= {p for p in (out / "manifest.json", out / "classes.txt")}
     return sorted(p for p in found if p.exists())
 
@@ -295,7 +298,8 @@ def prepare_out(out: Path, fp: dict, overwrite: bool) -> str:
         )
     for path in our_files(out):
         path.unlink()
-    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    for state in [out / STATE_DIR, *out.glob(f"{STATE_DIR}-*")]:
+        shutil.rmtree(state, ignore_errors=True)
     return "fresh"
 
 

@@ -35,6 +35,7 @@ from prep.atomic import remove_temporaries, write_atomic
 from prep.build import (
     FORMAT_VERSION,
     SPLITS,
+    STATE_DIR,
     ShardTask,
     default_shard_size,
     load_record,
@@ -72,7 +73,8 @@ class Listing:
 
 
 def state_dir(name: str) -> str:
-    return f".prep-{name}"
+    """Where an unfinished run keeps its plan and shard records (make shards' is .prep)."""
+    return f"{STATE_DIR}-{name}"
 
 
 def checked_name(name: str) -> str:
@@ -279,6 +281,70 @@ def with_payloads(tasks: list[ShardTask], archive: Path) -> Iterator[list[ShardT
             group, size = [], 0
 
 
+def already_there(out: Path, manifest: dict, name: str, fp: dict, overwrite: bool) -> bool:
+    """True when the split NAME holds these images already (a rerun: nothing to do); refuses
+    one of other images unless `overwrite`, which removes it."""
+    existing = manifest["splits"].get(name)
+    if existing is None:
+        return False
+    if overwrite:
+        remove_split(out, name, existing)
+        del manifest["splits"][name]
+        write_atomic(out / "manifest.json", json.dumps(manifest, indent=1).encode())
+        return False
+    if existing.get("fingerprint") != fp:
+        was = existing.get("source", {}).get("path", "other images")
+        raise PrepError(
+            f"{out} already holds a split {name}, made from {was}: choose another NAME, or "
+            f"pass --overwrite to replace that split"
+        )
+    if not split_files_present(out, existing):
+        raise PrepError(
+            f"the {name} shards in {out} are missing or changed since they were written: "
+            "pass --overwrite to write them again"
+        )
+    return True
+
+
+def write_shards(
+    out: Path, name: str, listing: Listing, shards: list[list[Sample]], manifest: dict,
+    workers: int | None, resuming: bool,
+) -> None:  # fmt: skip
+    """Write the shards still missing (the workers read the images, or are handed them
+    when the source is a tar.gz)."""
+    options, classes = manifest["options"], manifest["classes"]
+    tasks = [
+        ShardTask(name, shard_name(name, i), part, listing.root, str(out), options["quality"],
+                  options["max_side"], cls_digits(len(classes)))
+        for i, part in enumerate(shards)
+        if load_record(out, shard_name(name, i), state_dir(name)) is None
+    ]  # fmt: skip
+    total = sum(len(part) for part in shards)
+    done = total - sum(len(t.samples) for t in tasks)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
+    resumed = f"resuming: {len(shards) - len(tasks)} shards already done; " if resuming else ""
+    print(
+        f"prep eval_set: {name}: {total} images of {len({s.label for p in shards for s in p})} "
+        f"classes in {len(shards)} shards; {resumed}{workers} workers"
+    )
+    streamed = listing.streamed and listing.archive is not None and tasks
+    for group in with_payloads(tasks, listing.archive) if streamed else [tasks]:
+        if group:
+            run_tasks(group, out, workers, total, done, state_dir(name))
+            done += sum(len(t.samples) for t in group)
+
+
+def print_split(name: str, entry: dict) -> None:
+    c = entry["counts"]
+    print(
+        f"prep eval_set: {name}: {entry['num_samples']} samples in {len(entry['shards'])} "
+        f"shards: stored {c['stored']}, repaired {c['repaired']}, resized {c['resized']}, "
+        f"skipped {c['skipped']}"
+    )
+    for e in entry["skipped"]:
+        print(f"prep: skipped {e['path']}: {e['reason']}")
+
+
 def add_eval_set(
     out_dir: str | Path,
     name: str,
@@ -299,77 +365,24 @@ def add_eval_set(
     samples = eval_samples(listing, classes, source, name)
     size = shard_size or default_shard_size(len(samples), mean_file_bytes(listing.root, samples))
     fp = eval_fingerprint(samples, manifest["options"], size)
-    existing = manifest["splits"].get(name)
-    if existing is not None and not overwrite:
-        if existing.get("fingerprint") == fp:
-            if not split_files_present(out, existing):
-                raise PrepError(
-                    f"the {name} shards in {out} are missing or changed since they were "
-                    "written: pass --overwrite to write them again"
-                )
-            print(
-                f"prep eval_set: {out} already holds the split {name} of these images; "
-                "nothing to do"
-            )
-            return manifest
-        was = existing.get("source", {}).get("path", "other images")
-        raise PrepError(
-            f"{out} already holds a split {name}, made from {was}: choose another NAME, or "
-            f"pass --overwrite to replace that split"
-        )
-    if existing is not None:
-        remove_split(out, name, existing)
-        del manifest["splits"][name]
-        write_atomic(out / "manifest.json", json.dumps(manifest, indent=1).encode())
-    state = prepare_state(out, name, fp)
+    if already_there(out, manifest, name, fp, overwrite):
+        print(f"prep eval_set: {out} already holds the split {name} of these images; nothing to do")
+        return manifest
+    resuming = prepare_state(out, name, fp) == "resume"
     remove_temporaries(out)  # left by a killed run
-
     shards = [samples[i : i + size] for i in range(0, len(samples), size)]
-    names = [shard_name(name, i) for i in range(len(shards))]
-    options = manifest["options"]
-    tasks = [
-        ShardTask(
-            name,
-            shard,
-            part,
-            listing.root,
-            str(out),
-            options["quality"],
-            options["max_side"],
-            cls_digits(len(classes)),
-        )
-        for shard, part in zip(names, shards, strict=True)
-        if load_record(out, shard, state_dir(name)) is None
-    ]
-    done = len(samples) - sum(len(t.samples) for t in tasks)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
-    print(
-        f"prep eval_set: {name}: {len(samples)} images of {len(set(s.label for s in samples))} "
-        f"classes from {source} in {len(shards)} shards; "
-        + (
-            f"resuming: {len(shards) - len(tasks)} shards already done; "
-            if state == "resume"
-            else ""
-        )
-        + f"{workers} workers"
-    )
-    streamed = listing.streamed and listing.archive is not None and tasks
-    groups = with_payloads(tasks, listing.archive) if streamed else [tasks]
-    for group in groups:
-        if group:
-            run_tasks(group, out, workers, len(samples), done, state_dir(name))
-            done += sum(len(t.samples) for t in group)
+    write_shards(out, name, listing, shards, manifest, workers, resuming)
 
-    records = [load_record(out, shard, state_dir(name)) for shard in names]
+    records = [load_record(out, shard_name(name, i), state_dir(name)) for i in range(len(shards))]
     if any(r is None for r in records):
         raise PrepError(f"some {name} shards in {out} went missing during the run; rerun")
     entry = split_entry(records, size)
     if strict and entry["skipped"]:
-        listing_text = "\n".join(f"  {e['path']}: {e['reason']}" for e in entry["skipped"])
+        listed = "\n".join(f"  {e['path']}: {e['reason']}" for e in entry["skipped"])
         raise PrepError(
             f"--strict: {len(entry['skipped'])} images cannot be decoded (the shards are "
             f"written but the split is not in the manifest; rerun without --strict to skip "
-            f"them):\n{listing_text}"
+            f"them):\n{listed}"
         )
     kind = "folder" if listing.archive is None else "archive"
     entry["source"] = {"path": str(source), "kind": kind, "ignored_files": listing.ignored}
@@ -378,13 +391,6 @@ def add_eval_set(
     manifest["splits"][name] = entry
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=1).encode())
     shutil.rmtree(out / state_dir(name), ignore_errors=True)
-    c = entry["counts"]
-    print(
-        f"prep eval_set: {name}: {entry['num_samples']} samples in {len(entry['shards'])} "
-        f"shards: stored {c['stored']}, repaired {c['repaired']}, resized {c['resized']}, "
-        f"skipped {c['skipped']}"
-    )
-    for e in entry["skipped"]:
-        print(f"prep: skipped {e['path']}: {e['reason']}")
+    print_split(name, entry)
     print(f"prep eval_set: done in {time.time() - start:.1f} s; manifest: {out / 'manifest.json'}")
     return manifest

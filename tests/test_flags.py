@@ -33,6 +33,7 @@ ENTRY_POINTS = {
     "python -m models": (None, []),
     "python -m prep": (prep_main, []),
     "python -m prep verify": (prep_main, ["verify"]),
+    "python -m prep eval_set": (prep_main, ["eval_set"]),
     "prep.bench": (prep_bench_main, []),
 }
 # The concepts several entry points share, under the one name each has everywhere.

@@ -149,7 +149,7 @@ def execute(command: list[str], name: str, env: dict, prefix: bool) -> bool:
     return code == 0
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+def build_parser() -> argparse.ArgumentParser:
     p = FlagParser(
         prog="python -m train.compare",
         description=__doc__.split("\n\n")[0],
@@ -197,6 +197,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         action="store_true",
         help="parallel mode: split the visible GPUs evenly among the arms (else all share them)",
     )
+    return p
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    p = build_parser()
     args, extra = p.parse_known_args(argv)
     args.eval_splits = tuple(dict.fromkeys(n for n in (args.eval_splits or "").split(",") if n))
     try:
