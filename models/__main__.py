@@ -54,6 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--image_size", type=int, default=224, help="input side for the FLOP counts (default 224)"
     )
+    p.add_argument(
+        "--blurpool",
+        action="store_true",
+        help="FFCV's BlurPool before the blocks' strided convolutions (as the trainer's flag)",
+    )
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args([spelt(a) for a in argv])
     args.sd_mode = sd_mode_of(p, args)
@@ -87,20 +92,24 @@ def main(argv: list[str] | None = None) -> None:
             sd_mode=args.sd_mode,
             final_survival=args.pL,
             num_classes=args.num_classes,
+            blurpool=args.blurpool,
         )
     except ValueError as e:
         raise SystemExit(f"python -m models: {e}") from None
     params = sum(p.numel() for p in model.parameters())
     flops = count_flops(model, args.image_size)
     probs = model.survival_probs
-    print(f"ResNet-{args.depth} ({args.variant}), stochastic depth: {args.sd_mode}")
+    blur = ", BlurPool" if args.blurpool else ""
+    print(f"ResNet-{args.depth} ({args.variant}{blur}), stochastic depth: {args.sd_mode}")
     print(f"parameters: {params:,}")
     print(
         f"GFLOPs at {args.image_size}x{args.image_size}: {flops / 1e9:.2f} "
         f"({flops / 2e9:.2f} G multiply-adds), counted by torch.utils.flop_counter"
     )
     batch_probs = survival_probs(len(probs), args.pL)
-    total, branches = training_flops(args.depth, args.variant, args.image_size, args.num_classes)
+    total, branches = training_flops(
+        args.depth, args.variant, args.image_size, args.num_classes, args.blurpool
+    )
     share = skipped_share(batch_probs, total, branches)
     print(f"training GFLOPs per image, forward + backward, every block computed: {total / 1e9:.2f}")
     print(

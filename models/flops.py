@@ -20,7 +20,7 @@ def count_flops(model: ResNet, image_size: int) -> int:
 
 
 def training_flops(
-    depth: int, variant: str, image_size: int, num_classes: int
+    depth: int, variant: str, image_size: int, num_classes: int, blurpool: bool = False
 ) -> tuple[float, list[float]]:
     """(FLOPs of one training step per image, forward + backward, with every block computed;
     the part of them that each block's residual branch costs, in forward order), counted by
@@ -29,7 +29,9 @@ def training_flops(
     batch = 2  # batch norm in training mode needs more than one value per channel
     counter = FlopCounterMode(display=False)
     with torch.device("meta"):  # shapes only: the same counts, no memory, no arithmetic
-        model = build_resnet(depth, variant=variant, num_classes=num_classes).train()
+        model = build_resnet(
+            depth, variant=variant, num_classes=num_classes, blurpool=blurpool
+        ).train()
         with counter:
             model(torch.zeros(batch, 3, image_size, image_size)).sum().backward()
     counts = counter.get_flop_counts()

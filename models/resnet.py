@@ -8,6 +8,10 @@ Two variants share one network skeleton and one stochastic-depth mechanism:
 - ``v1.5``: the post-activation network torchvision ships (stride on the 3x3 conv), with
   exactly torchvision's parameter names and shapes, so state_dicts move both ways.
 
+Either may blur before its strided convolutions (``blurpool``, FFCV's BlurPool): the same
+parameters and state_dict keys, another function (a BlurPool v1.5 is not torchvision's
+ResNet any more, though torchvision's weights load into it).
+
 Stochastic depth acts on the residual branch only, before the add (as timm does):
 
 - ``batch`` (the paper's method): one Bernoulli draw per block per training step for the
@@ -97,6 +101,37 @@ def drop_path(x: Tensor, keep_prob: float, training: bool) -> Tensor:
     return x * mask.div_(keep_prob)
 
 
+BLUR_MIN_CHANNELS = 16  # FFCV blurs before strided convolutions with this many inputs or more
+
+
+class BlurConv2d(nn.Conv2d):
+    """A strided convolution after FFCV's BlurPool: its input low-pass filtered first by a
+    fixed 3x3 binomial filter, [1, 2, 1] x [1, 2, 1] / 16, depthwise, stride 1, zero padding
+    1 (FFCV's BlurPoolConv2d), so that the stride subsamples a smoothed signal. The filter is
+    a non-persistent buffer: the state_dict is the plain convolution's."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        row = torch.tensor([1.0, 2.0, 1.0])
+        blur = (torch.outer(row, row) / 16).expand(self.in_channels, 1, 3, 3).clone()
+        self.register_buffer("blur", blur, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        blurred = F.conv2d(x, self.blur.to(x.dtype), padding=1, groups=self.in_channels)
+        return super().forward(blurred)
+
+
+def conv2d(
+    in_channels: int, out_channels: int, kernel: int, *, stride: int = 1, padding: int = 0,
+    blurpool: bool = False,
+) -> nn.Conv2d:  # fmt: skip
+    """A bias-free convolution; with `blurpool`, a BlurConv2d where FFCV puts one: strided,
+    with BLUR_MIN_CHANNELS inputs or more."""
+    blurred = blurpool and stride > 1 and in_channels >= BLUR_MIN_CHANNELS
+    kind = BlurConv2d if blurred else nn.Conv2d
+    return kind(in_channels, out_channels, kernel, stride=stride, padding=padding, bias=False)
+
+
 class Bottleneck(nn.Module):
     """One bottleneck block in either variant, with stochastic depth on its residual branch.
 
@@ -114,6 +149,7 @@ class Bottleneck(nn.Module):
         preact: bool,
         survival_prob: float,
         sd_mode: str,
+        blurpool: bool = False,
     ) -> None:
         super().__init__()
         out_channels = width * EXPANSION
@@ -125,14 +161,14 @@ class Bottleneck(nn.Module):
         bn_in = in_channels if preact else width
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(bn_in)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.conv2 = conv2d(width, width, 3, stride=stride, padding=1, blurpool=blurpool)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(width if preact else out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.downsample: nn.Sequential | None = None
         if stride != 1 or in_channels != out_channels:
-            projection = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+            projection = conv2d(in_channels, out_channels, 1, stride=stride, blurpool=blurpool)
             # Pre-activation projects the already normalized input, so it needs no BN of its own.
             self.downsample = (
                 nn.Sequential(projection)
@@ -201,6 +237,7 @@ class ResNet(nn.Module):
         num_classes: int = 1000,
         zero_init_residual: bool = True,
         sd_seed: int = 0,
+        blurpool: bool = False,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -216,6 +253,7 @@ class ResNet(nn.Module):
         self.variant = variant
         self.sd_mode = sd_mode
         self.final_survival = final_survival
+        self.blurpool = blurpool
         self.survival_probs: list[float] = probs or [1.0] * num_blocks
         # The batch-mode draws: one per block per training step, identical on every rank.
         self.sd_rng = random.Random(sd_seed)
@@ -239,6 +277,7 @@ class ResNet(nn.Module):
                         preact=preact,
                         survival_prob=self.survival_probs[index],
                         sd_mode=sd_mode,
+                        blurpool=blurpool,
                     )
                 )
                 in_channels, index = width * EXPANSION, index + 1
@@ -300,8 +339,12 @@ def build_resnet(
     num_classes: int = 1000,
     zero_init_residual: bool = True,
     sd_seed: int = 0,
+    blurpool: bool = False,
 ) -> ResNet:
-    """ResNet-50/101/152. ``sd_seed`` seeds the batch-mode draws: give every rank the same."""
+    """ResNet-50/101/152. ``sd_seed`` seeds the batch-mode draws: give every rank the same.
+    ``blurpool``: FFCV's BlurPool before the strided convolutions of the blocks (the 3x3 conv2
+    of each stage's first block and its projection shortcut, in both variants; the stem's
+    conv has 3 inputs and keeps its stride, as in FFCV)."""
     if depth not in STAGE_BLOCKS:
         raise ValueError(f"depth must be one of {sorted(STAGE_BLOCKS)}, got {depth!r}")
     return ResNet(
@@ -312,6 +355,7 @@ def build_resnet(
         num_classes=num_classes,
         zero_init_residual=zero_init_residual,
         sd_seed=sd_seed,
+        blurpool=blurpool,
     )
 
 

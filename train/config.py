@@ -16,7 +16,7 @@ import torch
 
 from models import SD_MODES, STAGE_BLOCKS, VARIANTS
 from prep.flags import FlagParser
-from train.data import DEFAULT_THREADS, PipelineKnobs
+from train.data import DEFAULT_THREADS, PipelineKnobs, default_val_resize
 from train.recipes import RAMP_FRACTIONS, RECIPES, recipe_help
 
 DEFAULT_WARMUP_EPOCHS = 5.0
@@ -59,11 +59,19 @@ class TrainConfig:
         choices=[m for m in SD_MODES if m != "off"],
     )
     pL: float = opt(0.5, "survival probability of the last block, in (0, 1]")
+    blurpool: bool = opt(
+        False,
+        "FFCV's BlurPool: a fixed 3x3 binomial low-pass filter before every strided convolution "
+        "with 16 input channels or more (parameter-free: the state_dict keys are torchvision's, "
+        "the function is not)",
+    )
     # schedule and optimizer
     epochs: int = opt(120, "training epochs")
     batch: int = opt(256, "global batch size, split over ranks (and --accum micro-batches)")
     lr: float | None = opt(
-        None, "peak learning rate (default with sgd: 0.1 x batch / 256; lars needs it given)"
+        None,
+        "peak learning rate (default with sgd: 0.1 x batch / 256, or the recipe's own per 256 "
+        "images; lars needs it given)",
     )
     warmup_epochs: float | None = opt(
         None,
@@ -102,6 +110,17 @@ class TrainConfig:
     weight_decay: float = opt(1e-4, "weight decay on conv and linear weights (not BN or bias)")
     label_smoothing: float = opt(0.1, "label smoothing of the cross entropy")
     mixup: float = opt(0.0, "mixup alpha: one lambda ~ Beta(alpha, alpha) per batch; 0 = off")
+    cutmix: float = opt(
+        0.0,
+        "CutMix alpha: a box of another image of the batch pasted, its area 1 - lambda, "
+        "lambda ~ Beta(alpha, alpha) per batch, corrected to the box as clipped; with --mixup, "
+        "one of the two per batch, 50/50; 0 = off",
+    )
+    random_erase: float = opt(
+        0.0,
+        "probability per image of erasing one rectangle (2-33% of the area, aspect 0.3-3.3) "
+        "to 0 after normalisation, before mixing: torchvision's RandomErasing; 0 = off",
+    )
     # speed
     no_mixed_precision: bool = opt(False, "train in float32 (default on a GPU: mixed precision)")
     amp_dtype: str = opt(
@@ -136,10 +155,20 @@ class TrainConfig:
         "evaluation centre-crop size; the shorter side is resized to val_res / 0.875 first "
         "(default: --image_size)",
     )
+    val_resize: int | None = opt(
+        None,
+        "evaluation: the shorter side is resized to this before the centre crop (default: "
+        "val_res / 0.875, 256 for 224; torchvision's 80.9% weights: 232 for 224)",
+    )
     tta: bool = opt(False, "evaluation averages the logits of each image and its mirror image")
     ema: bool = opt(False, "also keep and evaluate an exponential moving average of the weights")
     ema_halflife: float = opt(
         1.0, "--ema: half-life of the average in epochs (independent of batch size and GPUs)"
+    )
+    ema_every: int = opt(
+        1,
+        "--ema: update the average every N optimizer steps (torchvision: 32), each update "
+        "worth N steps' decay, so that --ema_halflife alone sets what is averaged",
     )
     workers: int = opt(DEFAULT_THREADS, "DALI CPU threads per rank")
     cache: bool = opt(False, "copy the shards to RAM disk (/dev/shm) first, when they fit")
@@ -204,6 +233,7 @@ class Derived:
     start_ramp: int
     end_ramp: int
     val_res: int
+    val_resize: int  # the shorter side before the centre crop
     lr_milestones: tuple[float, ...]  # epochs, for the step schedule
 
 
@@ -248,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
             add_flag(p, f.name, f.default, f.type, f.metadata["help"], f.metadata.get("choices"))
     group = p.add_argument_group("DALI pipeline knobs")
     for f in fields(PipelineKnobs):
-        add_flag(group, f.name, f.default, f.type, f.metadata["help"])
+        add_flag(group, f.name, f.default, f.type, f.metadata["help"], f.metadata.get("choices"))
     return p
 
 
@@ -257,9 +287,18 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     first = FlagParser(add_help=False)
     first.add_argument("--recipe", choices=list(RECIPES), default="seed")
     recipe, _ = first.parse_known_args(argv)
+    chosen = RECIPES[recipe.recipe]
     parser = build_parser()
-    parser.set_defaults(**RECIPES[recipe.recipe].values)
+    parser.set_defaults(**chosen.values)
     args = vars(parser.parse_args(argv))
+    if chosen.epoch_shares:  # the recipe's shares of the run, for the flags not given
+        given = build_parser()
+        for action in given._actions:
+            action.default = argparse.SUPPRESS  # a flag not on the command line: absent
+        named = vars(given.parse_args(argv))
+        for name, share in chosen.epoch_shares.items():
+            if name not in named:
+                args[name] = share * args["epochs"]
     knob_names = {f.name for f in fields(PipelineKnobs)}
     knobs = {k: args.pop(k) for k in list(args) if k in knob_names}
     return TrainConfig(**args, dali=PipelineKnobs(**knobs))
@@ -288,8 +327,7 @@ def check(cfg: TrainConfig, world_size: int, other_problems: list[str] | None = 
         problems.append(f"--warmup_epochs {cfg.warmup_epochs} must be in [0, --epochs]")
     if not 0 <= cfg.label_smoothing < 1:
         problems.append(f"--label_smoothing {cfg.label_smoothing} must be in [0, 1)")
-    if cfg.mixup < 0:
-        problems.append(f"--mixup {cfg.mixup} must be >= 0 (0 turns it off)")
+    problems += augmentation_problems(cfg)
     if cfg.weight_decay < 0 or cfg.momentum < 0:
         problems.append("--weight_decay and --momentum must be >= 0")
     if cfg.nesterov and cfg.momentum == 0:
@@ -303,6 +341,10 @@ def check(cfg: TrainConfig, world_size: int, other_problems: list[str] | None = 
         problems.append(
             f"--ema_halflife {cfg.ema_halflife} must be > 0 epochs (a decay in (0, 1) per step)"
         )
+    if cfg.ema_every < 1:
+        problems.append(f"--ema_every {cfg.ema_every} must be at least 1 (optimizer steps)")
+    elif cfg.ema_every > 1 and not cfg.ema:
+        problems.append(f"--ema_every {cfg.ema_every} is for --ema, which is off: add --ema")
     if cfg.max_steps_per_epoch < 0:
         problems.append("--max_steps_per_epoch must be >= 0")
     if cfg.checkpoint_every_minutes < 0:
@@ -322,15 +364,26 @@ def check(cfg: TrainConfig, world_size: int, other_problems: list[str] | None = 
 
 def resolution_problems(cfg: TrainConfig) -> list[str]:
     problems = []
-    for flag in ("image_size", "min_res", "max_res"):
+    # Progressive resizing rounds to multiples of RESOLUTION_STEP; a fixed crop is any size
+    # (torchvision's 80.9% recipe trains at 176).
+    ramp = ("min_res", "max_res") + (("image_size",) if cfg.min_res and not cfg.max_res else ())
+    for flag in ramp:
         value = getattr(cfg, flag)
         if value is not None and (value < RESOLUTION_STEP or value % RESOLUTION_STEP):
             problems.append(
                 f"--{flag} {value} must be a multiple of {RESOLUTION_STEP}, at least "
-                f"{RESOLUTION_STEP}"
+                f"{RESOLUTION_STEP} (progressive resizing's steps)"
             )
-    if cfg.val_res is not None and cfg.val_res < 32:
-        problems.append(f"--val_res {cfg.val_res} must be at least 32 (any size from 32 on)")
+    for flag in ("image_size", "val_res"):
+        value = getattr(cfg, flag)
+        if value is not None and value < 32:
+            problems.append(f"--{flag} {value} must be at least 32 (any size from 32 on)")
+    val_res = cfg.val_res or cfg.image_size
+    if cfg.val_resize is not None and cfg.val_resize < val_res:
+        problems.append(
+            f"--val_resize {cfg.val_resize} is below the centre crop --val_res {val_res}: the "
+            "shorter side must be at least the crop (torchvision's: 232 for 224)"
+        )
     if cfg.min_res is None:
         given = [f for f in ("max_res", "start_ramp", "end_ramp") if getattr(cfg, f) is not None]
         if given:
@@ -346,6 +399,21 @@ def resolution_problems(cfg: TrainConfig) -> list[str]:
         problems.append(
             f"--start_ramp {start} and --end_ramp {end} must satisfy 0 <= start_ramp <= "
             f"end_ramp <= --epochs {cfg.epochs}"
+        )
+    return problems
+
+
+def augmentation_problems(cfg: TrainConfig) -> list[str]:
+    problems = []
+    for flag in ("mixup", "cutmix"):
+        if getattr(cfg, flag) < 0:
+            problems.append(f"--{flag} {getattr(cfg, flag):g} must be >= 0 (0 turns it off)")
+    if not 0 <= cfg.random_erase <= 1:
+        problems.append(f"--random_erase {cfg.random_erase:g} must be in [0, 1] (a probability)")
+    if not 0 <= cfg.dali.ra_magnitude <= 30 or cfg.dali.ra_ops < 1:
+        problems.append(
+            f"--ra_ops {cfg.dali.ra_ops} must be >= 1 and --ra_magnitude "
+            f"{cfg.dali.ra_magnitude} in 0..30 (31 magnitude bins)"
         )
     return problems
 
@@ -452,7 +520,7 @@ def derive(cfg: TrainConfig, rank: int, world_size: int, local_rank: int) -> Der
         world_size=world_size,
         local_rank=local_rank,
         device=device,
-        lr=cfg.lr if cfg.lr is not None else 0.1 * cfg.batch / 256,
+        lr=cfg.lr if cfg.lr is not None else RECIPES[cfg.recipe].default_lr(cfg.batch),
         micro_batch=cfg.batch // (world_size * cfg.accum),
         amp=amp,
         amp_dtype=amp_dtype,
@@ -464,6 +532,7 @@ def derive(cfg: TrainConfig, rank: int, world_size: int, local_rank: int) -> Der
         start_ramp=start,
         end_ramp=end,
         val_res=cfg.val_res or cfg.image_size,
+        val_resize=cfg.val_resize or default_val_resize(cfg.val_res or cfg.image_size),
         lr_milestones=milestones,
     )
 

@@ -2,8 +2,10 @@
 
 Train: webdataset reader sharded by rank (shuffle buffer + whole-tar reshuffle each epoch),
 JPEG decoding fused with random-resized-crop (`device="mixed"` on a GPU: nvJPEG, the hardware
-decoder where there is one), resize, optional colour jitter, flip + normalize.
-Val: decode, resize the shorter side to image_size / 0.875, centre crop, normalize.
+decoder where there is one), resize, optional colour jitter, flip, optional automatic
+augmentation (TrivialAugment wide, RandAugment), normalize.
+Val: decode, resize the shorter side to image_size / 0.875 (or val_resize), centre crop,
+normalize.
 
 Batches come out as (images, labels): images (B, 3, S, S) in channels_last memory (DALI's
 NHWC seen as NCHW without a copy), float16 when training in mixed precision (DALI has no
@@ -33,8 +35,11 @@ READER = "Reader"
 DEFAULT_THREADS = 8  # DALI CPU threads per pipeline: the trainer's --workers default
 
 
-def knob(default, help: str):
-    return field(default=default, metadata={"help": help})
+AUTO_AUGMENTS = ("none", "ta_wide", "rand_augment")
+
+
+def knob(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,15 @@ class PipelineKnobs:
     shuffle_buffer: int = knob(4096, "samples in the reader's shuffle buffer (initial_fill)")
     color_jitter: bool = knob(True, "train: brightness +-40%, contrast and saturation 0.8-1.2")
     flip: bool = knob(True, "train: random horizontal flip with p = 0.5")
+    auto_augment: str = knob(
+        "none",
+        "train: an automatic augmentation after the crop and flip, DALI's (nvidia.dali.auto_aug) "
+        "with torchvision's settings: ta_wide (TrivialAugment wide: one of 14 operations at a "
+        "random magnitude per image), rand_augment (--ra_ops operations at --ra_magnitude)",
+        choices=list(AUTO_AUGMENTS),
+    )
+    ra_ops: int = knob(2, "rand_augment: operations per image (torchvision's num_ops)")
+    ra_magnitude: int = knob(9, "rand_augment: magnitude, 0-30 (torchvision's magnitude)")
     crop_area_min: float = knob(0.08, "train: random-resized-crop area range [this, 1]")
     val_plain_resize: bool = knob(False, "val: plain SxS resize (distorts) instead of 256 + crop")
     hw_decoder_load: float = knob(0.65, "share of JPEGs sent to the hardware decoder (A100/H100)")
@@ -115,10 +129,10 @@ def normalize(images, *, dtype, mirror=None):
 
 def train_pipeline(
     files, index_files, *, image_size, shard_id, num_shards, reader_seed, gpu, dtype, knobs,
-    reshuffle,
+    reshuffle, val_resize=None,
 ):  # fmt: skip
     """Random-resized-crop (area crop_area_min-1, default 0.08-1; aspect 3/4-4/3) fused with
-    decoding, resize, jitter, flip, normalize."""
+    decoding, resize, jitter, flip, automatic augmentation, normalize (val_resize unused)."""
     from nvidia.dali import fn, types
 
     jpegs, digits = read_shards(
@@ -142,15 +156,33 @@ def train_pipeline(
             saturation=fn.random.uniform(range=[0.8, 1.2]),
         )
     mirror = fn.random.coin_flip(probability=0.5) if knobs.flip else None
+    if knobs.auto_augment != "none":  # on uint8 images: the flip cannot wait for normalize
+        if mirror is not None:
+            images = fn.flip(images, horizontal=mirror)
+            mirror = None
+        images = auto_augmented(images, knobs)
     images = normalize(images, dtype=dtype, mirror=mirror)
     return images, digits.gpu() if gpu else digits
 
 
+def auto_augmented(images, knobs: PipelineKnobs):
+    """DALI's TrivialAugment wide or RandAugment (on the pipeline's device, CPU or GPU), with
+    torchvision's settings: 31 magnitude bins, translations of up to 32 px (TrivialAugment)
+    or DALI's torchvision-like default (RandAugment), areas uncovered by a rotation, shear or
+    translation filled with 0 (black) as torchvision's fill=None."""
+    from nvidia.dali.auto_aug import rand_augment, trivial_augment
+
+    if knobs.auto_augment == "ta_wide":
+        return trivial_augment.trivial_augment_wide(images, fill_value=0)
+    return rand_augment.rand_augment(images, n=knobs.ra_ops, m=knobs.ra_magnitude, fill_value=0)
+
+
 def val_pipeline(
     files, index_files, *, image_size, shard_id, num_shards, reader_seed, gpu, dtype, knobs,
-    reshuffle,
+    reshuffle, val_resize=None,
 ):  # fmt: skip
-    """Decode, resize the shorter side to image_size / 0.875, centre crop (or a plain resize)."""
+    """Decode, resize the shorter side to val_resize (default image_size / 0.875), centre
+    crop (or a plain resize)."""
     from nvidia.dali import fn, types
 
     jpegs, digits = read_shards(
@@ -161,18 +193,24 @@ def val_pipeline(
     if knobs.val_plain_resize:
         images = fn.resize(images, resize_x=image_size, resize_y=image_size)
     else:
-        images = resize_and_centre_crop(jpegs, images, image_size)
+        images = resize_and_centre_crop(jpegs, images, image_size, val_resize)
     return normalize(images, dtype=dtype), digits.gpu() if gpu else digits
 
 
-def resize_and_centre_crop(jpegs, images, image_size: int):
-    """torchvision's Resize(round(S / 0.875)) + CenterCrop(S), to the pixel: the output sizes
-    are truncated and the crop anchor rounded half to even as torchvision does, so that
-    torchvision weights evaluate here as they do in torchvision's reference script."""
+def default_val_resize(crop: int) -> int:
+    """The shorter side before a centre crop of `crop`: crop / 0.875 (256 for 224)."""
+    return round(crop / VAL_CROP_FRACTION)
+
+
+def resize_and_centre_crop(jpegs, images, image_size: int, shorter: int | None = None):
+    """torchvision's Resize(shorter) + CenterCrop(S) (shorter: S / 0.875 unless given), to
+    the pixel: the output sizes are truncated and the crop anchor rounded half to even as
+    torchvision does, so that torchvision weights evaluate here as they do in torchvision's
+    reference script."""
     from nvidia.dali import fn, types
     from nvidia.dali import math as dmath
 
-    shorter = round(image_size / VAL_CROP_FRACTION)
+    shorter = shorter or default_val_resize(image_size)
     shape = fn.peek_image_shape(jpegs, dtype=types.FLOAT)  # (H, W, C), from the JPEG header
     height, width = shape[0], shape[1]
     short = dmath.min(height, width)
@@ -251,6 +289,13 @@ def epoch_order(
     return order, (rank + epoch) % world_size, reader_seed
 
 
+def dali_device(device: torch.device) -> tuple[bool, int | None]:
+    """(whether the pipeline runs on a GPU, DALI's device_id: None for the CPU)."""
+    if device.type != "cuda":
+        return False, None
+    return True, device.index if device.index is not None else torch.cuda.current_device()
+
+
 def make_loader(
     shards: Shards,
     split: str,
@@ -264,6 +309,7 @@ def make_loader(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     epoch: int | None = None,
+    val_resize: int | None = None,
     **knobs,
 ) -> DaliLoader:
     """A DALI loader over one split of the shards, for this rank of world_size, with
@@ -272,7 +318,8 @@ def make_loader(
     device "cpu" runs every operator on the CPU (`device_id=None`); "cuda[:N]" decodes with
     nvJPEG and augments on that GPU. `seed` seeds the reader identically on every rank (the
     epoch reshuffle must agree); augmentations are seeded with seed + rank. `dtype` is
-    float32 or float16; knobs are the fields of PipelineKnobs.
+    float32 or float16; knobs are the fields of PipelineKnobs. `val_resize`: the val
+    pipeline's shorter side before its centre crop (default image_size / 0.875).
 
     Without `epoch` the loader runs epoch after epoch and DALI reorders the tars after each.
     With `epoch` (the trainer's way) it serves that one epoch of train data, which is then a
@@ -289,13 +336,10 @@ def make_loader(
     if epoch is not None and split == "train":
         order, shard_id, reader_seed = epoch_order(len(order), seed, epoch, rank, world_size)
     files, index_files = shards.paths(split, order)
-    device = torch.device(device)
-    gpu = device.type == "cuda"
-    device_id = (
-        (device.index if device.index is not None else torch.cuda.current_device()) if gpu else None
-    )
+    gpu, device_id = dali_device(torch.device(device))
     build = train_pipeline if split == "train" else val_pipeline
-    pipe = pipeline_def(build)(
+    conditionals = split == "train" and options.auto_augment != "none"  # auto_aug's if/else
+    pipe = pipeline_def(build, enable_conditionals=conditionals)(
         files,
         index_files,
         image_size=image_size,
@@ -306,6 +350,7 @@ def make_loader(
         dtype=dtype,
         knobs=options,
         reshuffle=epoch is None,
+        val_resize=val_resize,
         batch_size=batch_size,
         num_threads=num_threads,
         device_id=device_id,

@@ -6,8 +6,8 @@ whatever the batch size and the number of GPUs. Parameters and BN running statis
 averaged (the averaged weights see other activations than the live ones, and averaging the
 statistics is the standard approximation: timm's ModelEmaV2 does the same); BN's integer step
 counters are copied. The average is kept in float32 on the device, in a copy of the plain model
-that evaluation runs as it is, and is updated after every optimizer step by one fused lerp over
-all tensors: no host sync.
+that evaluation runs as it is, and is updated after every optimizer step (or every N: N steps'
+decay at once, --ema_every) by one fused lerp over all tensors: no host sync.
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ class WeightAverage:
     live: list[torch.Tensor]  # the live model's, in the same order
     copied: list[torch.Tensor]  # its other tensors (BN's num_batches_tracked)
     live_copied: list[torch.Tensor]
+    every: int = 1  # optimizer steps between updates (--ema_every)
+
+    def due(self, step: int) -> bool:
+        """Whether the update after global optimizer step `step` (from 0) is one to make."""
+        return (step + 1) % self.every == 0
 
 
 def step_decay(halflife_epochs: float, steps_per_epoch: int) -> float:
@@ -41,19 +46,21 @@ def tensors(model: torch.nn.Module) -> tuple[list[torch.Tensor], list[torch.Tens
     ]
 
 
-def build_average(model: torch.nn.Module, decay: float) -> WeightAverage:
-    """An average that starts as a copy of `model` (float32, on its device)."""
+def build_average(model: torch.nn.Module, decay: float, every: int = 1) -> WeightAverage:
+    """An average that starts as a copy of `model` (float32, on its device), `decay` per
+    optimizer step, updated every `every` steps with `every` steps' worth of decay."""
     average = copy.deepcopy(model).eval().requires_grad_(False)
     averaged, copied = tensors(average)
     live, live_copied = tensors(model)
     if any(t.dtype != torch.float32 for t in averaged):
         raise ValueError("the weight average is kept in float32: build it from a float32 model")
-    return WeightAverage(average, decay, averaged, live, copied, live_copied)
+    return WeightAverage(average, decay, averaged, live, copied, live_copied, every)
 
 
 @torch.no_grad()
 def update_average(average: WeightAverage) -> None:
-    """average <- decay x average + (1 - decay) x live, for every float tensor at once."""
-    torch._foreach_lerp_(average.averaged, average.live, 1.0 - average.decay)
+    """average <- d x average + (1 - d) x live, for every float tensor at once, with d the
+    decay of the `every` steps since the last update (torchvision's --model-ema-steps)."""
+    torch._foreach_lerp_(average.averaged, average.live, 1.0 - average.decay**average.every)
     for mine, theirs in zip(average.copied, average.live_copied, strict=True):
         mine.copy_(theirs)

@@ -41,7 +41,7 @@ from train.shards import Shards, ShardsError, open_shards
 # Prefixes that wrappers leave on parameter names: DDP's module, torch.compile's _orig_mod.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # What an evaluation takes from a checkpoint's training config unless a flag says otherwise.
-FROM_TRAINING = ("val_res", "tta", "amp_dtype", "no_mixed_precision")
+FROM_TRAINING = ("val_res", "val_resize", "tta", "amp_dtype", "no_mixed_precision")
 BATCH_PER_PROCESS = 100  # the default --batch, per process
 
 
@@ -193,9 +193,18 @@ def eval_config(args: argparse.Namespace, weights: Weights, world_size: int) -> 
     flags given here on top. --image_size without --val_res sets the crop, as in the
     trainer, where --val_res defaults to --image_size."""
     base = from_dict(weights.config) if weights.config else TrainConfig()
+    if args.blurpool and weights.config is not None and not base.blurpool:
+        raise EvaluateError(
+            f"--blurpool: {args.weights} is a checkpoint of a run without BlurPool; drop "
+            "--blurpool (it is for bare state_dicts: a checkpoint knows its own)"
+        )
     given = {k: getattr(args, k) for k in FROM_TRAINING if getattr(args, k) is not None}
     if args.image_size is not None and args.val_res is None:
         given["val_res"] = args.image_size
+    if "val_res" in given and args.val_resize is None:
+        given["val_resize"] = None  # another crop: its own default shorter side
+    if args.blurpool:
+        given["blurpool"] = True
     return dataclasses.replace(
         base,
         **given,
@@ -287,6 +296,12 @@ def add_evaluation_flags(p: argparse.ArgumentParser) -> None:
         "the checkpoint's --val_res, else --image_size)",
     )
     p.add_argument(
+        "--val_resize",
+        type=int,
+        help="the shorter side before the centre crop (default: the checkpoint's --val_resize "
+        "when the crop is its own, else --val_res / 0.875; torchvision's V2 weights: 232)",
+    )
+    p.add_argument(
         "--image_size",
         type=int,
         help="the weights' training crop size, the crop when --val_res is not given, as in "
@@ -300,6 +315,13 @@ def add_evaluation_flags(p: argparse.ArgumentParser) -> None:
         "checkpoint's run evaluated, else off)",
     )
     p.add_argument("--no_tta", dest="tta", action="store_const", const=False, help="turn off")
+    p.add_argument(
+        "--blurpool",
+        action="store_const",
+        const=True,
+        help="build the network with FFCV's BlurPool, for a bare state_dict trained with it "
+        "(default: a checkpoint's own setting, else off)",
+    )
     p.add_argument(
         "--ema",
         action="store_true",
@@ -335,7 +357,12 @@ def run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -
     check(cfg, world_size)
     d = derive(cfg, rank, world_size, local_rank)
     start_process_group(d, cfg.dist_timeout_minutes)
-    model = build_resnet(weights.depth, variant=weights.variant, num_classes=weights.num_classes)
+    model = build_resnet(
+        weights.depth,
+        variant=weights.variant,
+        num_classes=weights.num_classes,
+        blurpool=cfg.blurpool,
+    )
     model.load_state_dict(weights.state_dict)
     model.to(d.device)
     if d.channels_last:
@@ -423,6 +450,8 @@ def result_record(
         "data_dir": str(args.data_dir),
         "split": args.split,
         "image_size": d.val_res,
+        "val_resize": d.val_resize,
+        "blurpool": cfg.blurpool,
         "tta": cfg.tta,
         "val_transform": "plain resize" if cfg.dali.val_plain_resize else "resize + centre crop",
         "precision": precision,
@@ -443,7 +472,8 @@ def report(r: dict) -> str:
         )
     return (
         f"ResNet-{r['depth']} ({r['variant']}, {r['weights_kind']}) on the {r['images']:,} "
-        f"{r['split']} images of {r['data_dir']} at {r['image_size']}px"
+        f"{r['split']} images of {r['data_dir']} at {r['image_size']}px (from "
+        f"{r['val_resize']}px){' with BlurPool' if r['blurpool'] else ''}"
         f"{' with flip TTA' if r['tta'] else ''}: top-1 {100 * r['top1']:.2f}%, "
         f"top-5 {100 * r['top5']:.2f}%, loss {r['loss']:.4f}{real}; {r['seconds']:.1f} s, "
         f"{r['images_per_second']:,.0f} images/s ({r['world_size']} x "

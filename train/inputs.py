@@ -26,6 +26,7 @@ def loader_kwargs(cfg: TrainConfig, d: Derived, image_size: int) -> dict:
         "device": d.device,
         "seed": cfg.seed,
         "dtype": torch.float16 if d.amp else torch.float32,
+        "val_resize": d.val_resize,  # the val pipeline's; the train one has none
         **knobs,
     }
 

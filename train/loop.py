@@ -21,6 +21,7 @@ from tqdm import tqdm
 from train.config import Derived, TrainConfig
 from train.ema import WeightAverage, update_average
 from train.logs import Board
+from train.mixing import mix_batch, random_erase
 from train.schedule import StepPlan, lr_of
 
 
@@ -78,15 +79,6 @@ class Run:
 SavePosition = Callable[[int, torch.Tensor, float], None]
 
 
-def mixup(images, labels, alpha: float):
-    """One lambda ~ Beta(alpha, alpha) per batch, drawn on the device; pairs by permutation."""
-    concentration = torch.tensor(alpha, device=images.device)
-    lam = torch.distributions.Beta(concentration, concentration).sample()
-    perm = torch.randperm(images.shape[0], device=images.device)
-    mixed = lam.to(images.dtype) * images + (1 - lam).to(images.dtype) * images[perm]
-    return mixed, labels[perm], lam
-
-
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -127,19 +119,21 @@ def resumed_totals(saved: torch.Tensor | None, d: Derived) -> torch.Tensor:
     return saved.sum(0) if d.rank == 0 else totals
 
 
-def train_step(run: Run, images, labels, boundary: bool):
-    """Forward and backward of one micro-batch; an optimizer step at accumulation boundaries.
-    DDP all-reduces gradients only at boundaries. Returns (loss, logits), still on the device."""
+def train_step(run: Run, images, labels, boundary: bool, step: int = 0):
+    """Forward and backward of one micro-batch; an optimizer step at accumulation boundaries
+    (global optimizer step `step`, for --ema_every). DDP all-reduces gradients only at
+    boundaries. Returns (loss, logits), still on the device."""
     cfg, d, model = run.cfg, run.d, run.train_model
     sync = contextlib.nullcontext() if boundary or d.world_size == 1 else model.no_sync()
+    if cfg.random_erase > 0:
+        images = random_erase(images, cfg.random_erase)
     with sync:
         with torch.autocast(d.device.type, dtype=d.amp_dtype, enabled=d.amp):
-            if cfg.mixup > 0:
-                mixed, other, lam = mixup(images, labels, cfg.mixup)
+            if cfg.mixup > 0 or cfg.cutmix > 0:
+                classes = run.model.fc.out_features
+                mixed, targets = mix_batch(images, labels, classes, cfg.mixup, cfg.cutmix)
                 logits = model(mixed)  # (B, num_classes)
-                loss = lam * F.cross_entropy(
-                    logits, labels, label_smoothing=cfg.label_smoothing
-                ) + (1 - lam) * F.cross_entropy(logits, other, label_smoothing=cfg.label_smoothing)
+                loss = F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing)
             else:
                 logits = model(images)  # (B, num_classes)
                 loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
@@ -148,7 +142,7 @@ def train_step(run: Run, images, labels, boundary: bool):
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.optimizer.zero_grad(set_to_none=True)
-        if run.ema is not None:
+        if run.ema is not None and run.ema.due(step):
             update_average(run.ema)
     return loss, logits
 
@@ -190,7 +184,7 @@ def train_one_epoch(
             lr = lr_of_step(run, step)
             set_lr(run.optimizer, lr)
         boundary = i % cfg.accum == cfg.accum - 1 or i == last
-        loss, logits = train_step(run, images, labels, boundary)
+        loss, logits = train_step(run, images, labels, boundary, step)
         with torch.no_grad():
             n = labels.shape[0]
             hits = (logits.argmax(1) == labels).sum()

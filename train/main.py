@@ -135,7 +135,8 @@ def train(cfg: TrainConfig, d: Derived, shards: Shards | None) -> int:
     plan = plan_steps(cfg, d, train_images)
     ema = None
     if cfg.ema:  # from the resumed weights; then the checkpoint's average, if it holds one
-        ema = build_average(model, step_decay(cfg.ema_halflife, plan.steps_per_epoch))
+        decay = step_decay(cfg.ema_halflife, plan.steps_per_epoch)
+        ema = build_average(model, decay, cfg.ema_every)
         restore_average(ckpt, ema, d)
     # TensorBoard drops what a killed run wrote after the step it resumes from
     resumed_step = progress.epoch * plan.steps_per_epoch + progress.batches_done // cfg.accum

@@ -26,6 +26,7 @@ def build_model(cfg: TrainConfig, d: Derived, num_classes: int) -> torch.nn.Modu
         final_survival=cfg.pL,
         num_classes=num_classes,
         sd_seed=cfg.seed,
+        blurpool=cfg.blurpool,
     )
     model.checkpoint_activations = cfg.checkpoint_activations
     model.to(d.device)

@@ -12,14 +12,17 @@ from functools import cache
 from models import survival_probs
 from models.flops import skipped_share, training_flops
 from train.config import TrainConfig, derive, fitted_warmup_epochs
+from train.recipes import RECIPES
 from train.schedule import evaluation_due, lr_of, plan_steps, train_resolution
 from train.shards import MANIFEST, Shards, train_counts
 
 
 @cache
-def flops_per_image(depth: int, variant: str, size: int, classes: int, sd: str, pL: float):
+def flops_per_image(
+    depth: int, variant: str, size: int, classes: int, sd: str, pL: float, blurpool: bool
+):  # fmt: skip
     """Training FLOPs per image at one resolution, the expected skipped share subtracted."""
-    total, branches = training_flops(depth, variant, size, classes)
+    total, branches = training_flops(depth, variant, size, classes, blurpool)
     if sd != "batch":  # per-sample drop path computes every branch
         return total
     return total * (1 - skipped_share(survival_probs(len(branches), pL), total, branches))
@@ -40,7 +43,8 @@ def run_plan(cfg: TrainConfig, world_size: int, images: int, classes: int) -> di
     trained = min(images, plan.steps_per_epoch * cfg.batch)  # images per epoch
     resolutions = [train_resolution(d, e) for e in range(cfg.epochs)]
     per_image = [
-        flops_per_image(cfg.depth, cfg.variant, r, classes, d.sd_mode, cfg.pL) for r in resolutions
+        flops_per_image(cfg.depth, cfg.variant, r, classes, d.sd_mode, cfg.pL, cfg.blurpool)
+        for r in resolutions
     ]
     milestones = sorted({0, plan.warmup_steps, plan.total_steps // 2, plan.total_steps - 1})
     return {
@@ -51,6 +55,7 @@ def run_plan(cfg: TrainConfig, world_size: int, images: int, classes: int) -> di
         "lr": {s: lr_of(plan, d.lr, s) for s in milestones if 0 <= s < plan.total_steps},
         "training_flops": sum(trained * f for f in per_image),
         "val_res": d.val_res,
+        "val_resize": d.val_resize,
         "micro_batch": d.micro_batch,
         "evaluations": [e + 1 for e in range(cfg.epochs) if evaluation_due(cfg, e)],
     }
@@ -88,6 +93,22 @@ def optimizer_words(cfg: TrainConfig) -> str:
     return f"SGD, momentum {cfg.momentum:g}{nesterov}, weight decay {cfg.weight_decay:g}"
 
 
+def augmentation_words(cfg: TrainConfig) -> str:
+    """The train augmentations beyond the crop: 'flip, TrivialAugment wide, ...'."""
+    dali = cfg.dali
+    words = ["flip"] if dali.flip else []
+    words += ["colour jitter"] if dali.color_jitter else []
+    if dali.auto_augment == "ta_wide":
+        words.append("TrivialAugment wide")
+    elif dali.auto_augment == "rand_augment":
+        words.append(f"RandAugment ({dali.ra_ops} ops, magnitude {dali.ra_magnitude})")
+    words += [f"random erasing {cfg.random_erase:g}"] if cfg.random_erase else []
+    mixes = [f"{n} {a:g}" for n, a in (("mixup", cfg.mixup), ("CutMix", cfg.cutmix)) if a]
+    words += [" or ".join(mixes) + (" per batch" if len(mixes) == 2 else "")] if mixes else []
+    words += [f"label smoothing {cfg.label_smoothing:g}"] if cfg.label_smoothing else []
+    return ", ".join(words) or "none"
+
+
 def print_plan(cfg: TrainConfig, world_size: int, shards: Shards | None) -> int:
     """Print the plan of a run on `shards` (None: ImageNet's counts) whose flags the entry
     point has checked; the exit code."""
@@ -95,6 +116,9 @@ def print_plan(cfg: TrainConfig, world_size: int, shards: Shards | None) -> int:
     plan = run_plan(cfg, world_size, images, classes)
     reference = run_plan(seed_reference(cfg), world_size, images, classes)
     sd = f"stochastic depth {cfg.sd_mode} (pL {cfg.pL})" if cfg.sd else "no stochastic depth"
+    sd += ", BlurPool" if cfg.blurpool else ""
+    every = f" every {cfg.ema_every} steps" if cfg.ema_every > 1 else ""
+    ema = f", EMA weights{every} (half-life {cfg.ema_halflife:.3g} epochs) beside the live ones"
     lrs = ", ".join(
         f"{lr:.4g} at step {step:,} (epoch {step / plan['steps_per_epoch']:.1f})"
         for step, lr in plan["lr"].items()
@@ -108,14 +132,17 @@ def print_plan(cfg: TrainConfig, world_size: int, shards: Shards | None) -> int:
         f"rank per micro-batch, {plan['steps_per_epoch']:,} steps per epoch, "
         f"{plan['total_steps']:,} in all\n"
         f"  train resolution: {resolution_ranges(plan['resolutions'])}\n"
-        f"  evaluation: centre crop {plan['val_res']} px{', flip TTA' if cfg.tta else ''}"
-        f"{', EMA weights beside the live ones' if cfg.ema else ''}, after epochs "
+        f"  augmentation: {augmentation_words(cfg)}\n"
+        f"  evaluation: centre crop {plan['val_res']} px of the shorter side at "
+        f"{plan['val_resize']} px{', flip TTA' if cfg.tta else ''}"
+        f"{ema if cfg.ema else ''}, after epochs "
         f"{epoch_list(plan['evaluations'])}{target}\n"
         f"  optimizer: {optimizer_words(cfg)}\n"
         f"  learning rate ({cfg.lr_schedule}, warmup {fitted_warmup_epochs(cfg):g} epochs): "
         f"{lrs}\n"
         f"  training compute: {plan['training_flops']:.3e} FLOPs (forward + backward, counted "
         f"by torch), {ratio:.2f}x the seed recipe's at this depth ({cfg.depth}: 120 epochs at "
-        f"224 px, no stochastic depth: {reference['training_flops']:.3e})"
+        f"224 px, no stochastic depth: {reference['training_flops']:.3e})\n"
+        f"  literature: {RECIPES[cfg.recipe].literature}"
     )
     return 0
