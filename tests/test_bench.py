@@ -47,3 +47,28 @@ def test_bench_checkpoint_saves_as_the_trainer_does(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["bytes"] > 100e6 and len(result["save_seconds"]) == 1  # ResNet-50's last.pt
     assert result["code_version"] and result["machine"]["device"] == "cpu"
+
+
+def test_bench_times_blurpool_the_ema_and_the_automatic_augmentation(tiny_shards, tmp_path, capsys):
+    out = tmp_path / "blur.json"
+    bench_main(
+        ["train", "--data_dir", str(tiny_shards), "--device", "cpu", "--batch", "2",
+         "--image_size", "32", "--warmup", "1", "--batches", "1", "--workers", "1", "--sd", "0",
+         "--blurpool", "--ema", "--json", str(out)]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "32 px, SD off: BlurPool step / plain step (synthetic)" in printed
+    assert "at --ema_every 1" in printed and "at --ema_every 32" in printed
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["blurpool"] for r in rows] == [False, True]
+    assert all(r["synthetic"]["ema_update_ms"] > 0 for r in rows)
+    out = tmp_path / "input.json"
+    bench_main(
+        ["input", "--data_dir", str(tiny_shards), "--device", "cpu", "--batch", "4",
+         "--image_size", "32", "--warmup", "1", "--batches", "2", "--workers", "1",
+         "--auto_augment", "ta_wide", "--json", str(out)]
+    )  # fmt: skip
+    assert "DataLoader, torchvision's ta_wide" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert set(result["results"]) == {"dali", "dataloader", "dali_auto", "dataloader_auto"}
+    assert result["ratios"]["dali_auto/dataloader_auto"] > 0

@@ -74,7 +74,23 @@ def steady_rate(batches, device: torch.device, warmup: int, measure: int) -> tup
     return images / (time.perf_counter() - start), images
 
 
-def dataloader_batches(shards: Shards, batch: int, workers: int, image_size: int):
+def torchvision_augmentation(auto_augment: str, ra_ops: int, ra_magnitude: int):
+    """torchvision's counterpart of the DALI pipeline's augmentation after the crop and flip:
+    our colour jitter without an automatic augmentation (as the DALI pipeline's default),
+    TrivialAugmentWide or RandAugment instead of it (as torchvision's recipe)."""
+    import torchvision.transforms as T
+
+    if auto_augment == "ta_wide":
+        return T.TrivialAugmentWide()
+    if auto_augment == "rand_augment":
+        return T.RandAugment(num_ops=ra_ops, magnitude=ra_magnitude)
+    return T.ColorJitter(brightness=0.4, contrast=0.2, saturation=0.2)
+
+
+def dataloader_batches(
+    shards: Shards, batch: int, workers: int, image_size: int, augment: str = "none",
+    ra: tuple[int, int] = (2, 9),
+):  # fmt: skip
     """The usual alternative: webdataset + torchvision transforms on PIL + DataLoader."""
     import torchvision.transforms as T
     import webdataset as wds
@@ -84,7 +100,7 @@ def dataloader_batches(shards: Shards, batch: int, workers: int, image_size: int
         [
             T.RandomResizedCrop(image_size),
             T.RandomHorizontalFlip(),
-            T.ColorJitter(brightness=0.4, contrast=0.2, saturation=0.2),
+            torchvision_augmentation(augment, *ra),
             T.ToTensor(),
             T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
@@ -102,7 +118,9 @@ def dataloader_batches(shards: Shards, batch: int, workers: int, image_size: int
     )
 
 
-def dali_batches(shards: Shards, batch: int, workers: int, image_size: int, device, dtype):
+def dali_batches(
+    shards: Shards, batch: int, workers: int, image_size: int, device, dtype, **knobs
+):  # fmt: skip
     loader = make_loader(
         shards,
         "train",
@@ -111,31 +129,59 @@ def dali_batches(shards: Shards, batch: int, workers: int, image_size: int, devi
         device=device,
         dtype=dtype,
         num_threads=workers,
+        **knobs,
     )
     while True:  # epoch after epoch
         yield from loader
+
+
+INPUT_LABELS = {
+    "dali": "DALI train pipeline on the {where}",
+    "dataloader": "torchvision + PIL in a DataLoader",
+    "dali_auto": "DALI, {augment} on the {where}",
+    "dataloader_auto": "DataLoader, torchvision's {augment}",
+}
 
 
 def bench_input(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     shards = ensure_shards(args.data_dir, args.workers)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    size, batch, workers = args.image_size, args.batch, args.workers
+    size, batch, workers, augment = args.image_size, args.batch, args.workers, args.auto_augment
+    ra = (args.ra_ops, args.ra_magnitude)
     contenders = {
         "dali": lambda: dali_batches(shards, batch, workers, size, device, dtype),
         "dataloader": lambda: dataloader_batches(shards, batch, workers, size),
     }
+    if augment != "none":  # as the accurate recipe: no colour jitter, the augmentation instead
+        knobs = {"auto_augment": augment, "color_jitter": False, "ra_ops": ra[0]}
+        knobs["ra_magnitude"] = ra[1]
+        contenders["dali_auto"] = lambda: dali_batches(
+            shards, batch, workers, size, device, dtype, **knobs
+        )
+        contenders["dataloader_auto"] = lambda: dataloader_batches(
+            shards, batch, workers, size, augment, ra
+        )
     rows = {}
     for name, make in contenders.items():
         rate, images = steady_rate(make(), device, args.warmup, args.batches)
         rows[name] = {"images_per_s": round(rate, 1), "images_timed": images}
-    ratio = rows["dali"]["images_per_s"] / rows["dataloader"]["images_per_s"]
+    ratios = {"dali/dataloader": rows["dali"]["images_per_s"] / rows["dataloader"]["images_per_s"]}
+    if augment != "none":
+        auto = {k: rows[k]["images_per_s"] for k in ("dali_auto", "dataloader_auto")}
+        ratios["dali_auto/dataloader_auto"] = auto["dali_auto"] / auto["dataloader_auto"]
+        ratios["dali_auto/dali"] = auto["dali_auto"] / rows["dali"]["images_per_s"]
+        ratios["dataloader_auto/dataloader"] = (
+            auto["dataloader_auto"] / rows["dataloader"]["images_per_s"]
+        )
     where = "GPU (mixed decoder)" if device.type == "cuda" else "CPU"
     print(f"\nbench-input: {shards.folder}, batch {batch}, {size}px, {workers} CPU workers")
-    print(f"{'pipeline':<44}{'images/s':>10}")
-    print(f"{f'DALI train pipeline on the {where}':<44}{rows['dali']['images_per_s']:>10.0f}")
-    print(f"{'torchvision + PIL in a DataLoader':<44}{rows['dataloader']['images_per_s']:>10.0f}")
-    print(f"DALI / DataLoader: {ratio:.2f}x")
+    print(f"{'pipeline':<48}{'images/s':>10}")
+    for name, row in rows.items():
+        label = INPUT_LABELS[name].format(where=where, augment=augment)
+        print(f"{label:<48}{row['images_per_s']:>10.0f}")
+    for name, ratio in ratios.items():
+        print(f"{name.replace('_auto', f' + {augment}')}: {ratio:.2f}x")
     return {
         "benchmark": "input",
         "date": date.today().isoformat(),
@@ -144,10 +190,12 @@ def bench_input(args: argparse.Namespace) -> dict:
         "batch": args.batch,
         "image_size": args.image_size,
         "workers": args.workers,
+        "auto_augment": augment,
         "warmup_batches": args.warmup,
         "timed_batches": args.batches,
         "results": rows,
-        "ratio": round(ratio, 3),
+        "ratio": round(ratios["dali/dataloader"], 3),
+        "ratios": {k: round(v, 3) for k, v in ratios.items()},
     }
 
 
@@ -237,7 +285,9 @@ def bench_train(args: argparse.Namespace) -> dict:
     shards = ensure_shards(args.data_dir, args.workers)
     rows = []
     optimizers = ["sgd", "lars"] if args.optimizer == "lars" else ["sgd"]  # LARS against SGD
-    for size, sd_mode, optimizer in itertools.product(args.image_sizes, args.sd_modes, optimizers):
+    blurpools = [False, True] if args.blurpool else [False]  # BlurPool against without
+    product = itertools.product(args.image_sizes, args.sd_modes, optimizers, blurpools)
+    for size, sd_mode, optimizer, blurpool in product:
         cfg = TrainConfig(
             data_dir=str(shards.folder),
             depth=args.depth,
@@ -255,12 +305,13 @@ def bench_train(args: argparse.Namespace) -> dict:
             ema=args.ema,
             optimizer=optimizer,
             lr=0.1 * args.batch / 256,  # the step's cost does not depend on it
+            blurpool=blurpool,
         )
         synthetic = time_training(cfg, args.batches, args.warmup, None)
         dali = time_training(cfg, args.batches, args.warmup, shards)
         ratio = round(dali["images_per_s"] / synthetic["images_per_s"], 3)
         rows.append(
-            {"image_size": size, "sd": sd_mode, "optimizer": optimizer}
+            {"image_size": size, "sd": sd_mode, "optimizer": optimizer, "blurpool": blurpool}
             | {"synthetic": synthetic, "dali": dali, "dali_over_synthetic": ratio}
         )
     precision = "fp32" if args.no_mixed_precision or device.type == "cpu" else "bf16 AMP"
@@ -285,6 +336,7 @@ def bench_train(args: argparse.Namespace) -> dict:
         "precision": precision,
         "compile": args.compile,
         "ema": args.ema,
+        "blurpool": args.blurpool,
         "warmup_steps": args.warmup,
         "timed_steps": args.batches,
         "rows": rows,
@@ -297,7 +349,7 @@ def resolution_ratios(rows: list[dict], depth: int, variant: str) -> list[dict]:
     (the time a step would take if time followed FLOPs), for the first SD mode."""
     from models.flops import training_flops
 
-    first = [r for r in rows if (r["sd"], r["optimizer"]) == (rows[0]["sd"], rows[0]["optimizer"])]
+    first = [r for r in rows if same(r, rows[0], "sd", "optimizer", "blurpool")]
     largest = max(first, key=lambda r: r["image_size"])
     flops = {
         r["image_size"]: training_flops(depth, variant, r["image_size"], 1000)[0] for r in first
@@ -333,6 +385,7 @@ def print_train_table(rows: list[dict]) -> None:
     for r in rows:
         peak = r["synthetic"]["peak_gib"]
         label = r["sd"] + (", LARS" if r["optimizer"] == "lars" else "")
+        label += ", BlurPool" if r["blurpool"] else ""
         print(
             f"{r['image_size']:>5}  {label:<18}{r['synthetic']['images_per_s']:>16.1f}"
             f"{r['dali']['images_per_s']:>12.1f}{r['dali_over_synthetic']:>12.2f}"
@@ -341,23 +394,40 @@ def print_train_table(rows: list[dict]) -> None:
         ema = r["synthetic"]["ema_update_ms"]
         if ema is not None:
             step = r["synthetic"]["step_ms"]
-            print(f"       EMA update {ema:.2f} ms = {ema / step:.1%} of a {step:.1f} ms step")
+            print(
+                f"       EMA update {ema:.2f} ms: per step {ema / step:.1%} of a {step:.1f} ms "
+                f"step at --ema_every 1, {ema / 32 / step:.2%} at --ema_every 32"
+            )
+    print_ratios(rows)
+
+
+def partner(rows: list[dict], r: dict, **fixed) -> dict | None:
+    """The row equal to r but for `fixed` (e.g. sd="off"): what r is compared with."""
+    keys = [k for k in ("image_size", "sd", "optimizer", "blurpool") if k not in fixed]
+    return next((b for b in rows if same(b, r, *keys) and same(b, fixed, *fixed)), None)
+
+
+def print_ratios(rows: list[dict]) -> None:
+    """Each SD mode against SD off, BlurPool against without, LARS against fused SGD."""
     for r in rows:
-        base = next(
-            (b for b in rows if b["sd"] == "off" and same(b, r, "image_size", "optimizer")), None
-        )
+        step = r["synthetic"]["step_ms"]
+        base = partner(rows, r, sd="off")
         if base is not None and r is not base and r["optimizer"] == "sgd":
             gain = r["synthetic"]["images_per_s"] / base["synthetic"]["images_per_s"]
             print(f"{r['image_size']} px: SD {r['sd']} / SD off (synthetic): {gain:.2f}x")
-        sgd = next(
-            (b for b in rows if b["optimizer"] == "sgd" and same(b, r, "image_size", "sd")), None
-        )
+        plain = partner(rows, r, blurpool=False)
+        if plain is not None and r["blurpool"]:
+            print(
+                f"{r['image_size']} px, SD {r['sd']}: BlurPool step / plain step (synthetic): "
+                f"{step / plain['synthetic']['step_ms']:.3f}x ({step:.1f} against "
+                f"{plain['synthetic']['step_ms']:.1f} ms)"
+            )
+        sgd = partner(rows, r, optimizer="sgd")
         if sgd is not None and r["optimizer"] == "lars":
-            ratio = r["synthetic"]["step_ms"] / sgd["synthetic"]["step_ms"]
             alone = [x["synthetic"]["optimizer_step_ms"] for x in (r, sgd)]
             print(
                 f"{r['image_size']} px, SD {r['sd']}: LARS step / fused SGD step (synthetic): "
-                f"{ratio:.3f}x ({r['synthetic']['step_ms']:.1f} against "
+                f"{step / sgd['synthetic']['step_ms']:.3f}x ({step:.1f} against "
                 f"{sgd['synthetic']['step_ms']:.1f} ms); the optimizer alone: LARS "
                 f"{alone[0]:.1f} ms, fused SGD {alone[1]:.1f} ms, LARS adds "
                 f"{(alone[0] - alone[1]) / sgd['synthetic']['step_ms']:.1%} of a step"
@@ -423,7 +493,7 @@ def bench_checkpoint(args: argparse.Namespace) -> dict:
     }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     p = FlagParser(
         prog="python -m train.bench", description=__doc__.split("\n")[0], aliases=ALIASES
@@ -449,7 +519,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train: several resolutions in one run, e.g. 128,160,192,224; each one's time per "
         "image is printed against the largest, beside the FLOPs ratio",
     )
-    p.add_argument("--ema", action="store_true", help="train: with --ema; times its update too")
+    p.add_argument(
+        "--ema",
+        action="store_true",
+        help="train: with --ema; times its update too, and its cost per step at --ema_every 1 "
+        "and 32",
+    )
+    p.add_argument(
+        "--blurpool", action="store_true", help="train: times BlurPool and without in one run"
+    )
+    add_augmentation_flags(p)
     p.add_argument("--warmup", type=int, default=5, help="batches before timing")
     p.add_argument("--batches", type=int, default=30, help="timed batches")
     p.add_argument("--json", help="where to write the JSON (default: benchmarks/results/...)")
@@ -468,6 +547,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--rounds", type=int, default=5, help="checkpoint: saves timed")
     p.add_argument("--out", default="results", help="checkpoint: the folder saved into")
+    return p
+
+
+def add_augmentation_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--auto_augment",
+        default="none",
+        choices=["none", "ta_wide", "rand_augment"],
+        help="input: also times DALI with this augmentation (no colour jitter, as the accurate "
+        "recipe) against torchvision's TrivialAugmentWide / RandAugment in the DataLoader",
+    )
+    p.add_argument("--ra_ops", type=int, default=2, help="input: rand_augment's operations")
+    p.add_argument("--ra_magnitude", type=int, default=9, help="input: rand_augment's magnitude")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.batch is None:
         args.batch = 256 if args.device.startswith("cuda") else 64
