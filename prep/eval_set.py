@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,12 +121,8 @@ def list_source(source: Path, out: Path) -> Listing:
         raise PrepError(f"SOURCE {source} does not exist")
     try:
         entries = archive_entries(str(source), index_dir=out / INDEX_DIR)
-    except PrepError:
-        raise
     except OSError as e:
         raise PrepError(f"SOURCE {source} cannot be read: {e.strerror or e}") from None
-    if not entries and not zipfile.is_zipfile(source):
-        raise PrepError(f"SOURCE {source} is an empty archive")
     images = [
         Image(e.name, e.location(str(source)))
         for e in entries

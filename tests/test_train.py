@@ -227,6 +227,8 @@ def test_cli_errors_name_the_problem_without_a_traceback(tiny_imagenet, tmp_path
 def test_resume_with_another_architecture_is_refused(two_epochs, tiny_shards, capsys):
     assert run_main(tiny_shards, two_epochs, "--epochs", "3", "--depth", "101") == 2
     assert "--depth 50 (now 101)" in capsys.readouterr().err
+    assert run_main(tiny_shards, two_epochs, "--epochs", "3", "--blurpool") == 2
+    assert "--blurpool False (now True)" in capsys.readouterr().err  # same keys, other network
 
 
 def test_a_non_finite_loss_stops_cleanly_and_keeps_good_checkpoints(tiny_shards, tmp_path, capsys):

@@ -13,7 +13,7 @@ from train.logs import say
 from train.optimizer import add_momentum_buffers
 
 # Changing these on resume would load weights into another network.
-ARCHITECTURE = ("depth", "variant", "sd", "sd_mode", "pL")
+ARCHITECTURE = ("depth", "variant", "sd", "sd_mode", "pL", "blurpool")
 # Flags that say where and how fast a run reads and writes, not what it trains.
 NOT_TRAINING = {
     "resume", "out", "data_dir", "cache", "workers", "dali", "log_every",
@@ -36,7 +36,8 @@ def resolve_resume(cfg: TrainConfig, out: Path) -> Path | None:
 
 def check_resumable(ckpt: dict, cfg: TrainConfig, num_classes: int, path: Path) -> list[str]:
     """Refuse another architecture; return the other flags that changed (allowed)."""
-    saved = ckpt["config"]
+    # a checkpoint of an older version lacks the newer flags: it had their defaults
+    saved = {k: getattr(TrainConfig, k) for k in ARCHITECTURE} | ckpt["config"]
     clash = [
         f"--{k} {saved[k]} (now {getattr(cfg, k)})"
         for k in ARCHITECTURE

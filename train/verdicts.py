@@ -55,16 +55,26 @@ def correctness(
         return saved["keys"][real >= 0], real[real >= 0] == 1
 
 
+def evaluated_since_training(directory: Path, split: str) -> bool:
+    """The run's final logits on the split are there and not older than its last.pt (a run
+    trained on after an evaluation of the split has stale ones, which are left out)."""
+    logits, weights = directory / logits_file(split, "final"), directory / "last.pt"
+    if not logits.is_file():
+        return False
+    return not weights.is_file() or logits.stat().st_mtime >= weights.stat().st_mtime
+
+
 def evaluation_sets(groups: dict[str, list[Path]]) -> list[EvalSet]:
     """The sets beyond val that every run was evaluated on: val's ReaL labels, then the
-    evaluation splits (their final logits beside every run), by name."""
+    evaluation splits (their final logits beside every run, since its last training), by
+    name."""
     runs = [d for dirs in groups.values() for d in dirs]
     found = []
     if all(correctness(d, "final", EvalSet(real=True)) is not None for d in runs):
         found.append(EvalSet(real=True))
     names = {p.name[: -len("_final.npz")] for p in runs[0].glob("*_final.npz")} - {"val"}
     for name in sorted(names):
-        if all((d / logits_file(name, "final")).is_file() for d in runs):
+        if all(evaluated_since_training(d, name) for d in runs):
             found.append(EvalSet(name))
     return found
 
