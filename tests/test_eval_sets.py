@@ -10,6 +10,7 @@ import json
 import random
 import shutil
 import tarfile
+import zipfile
 
 import numpy as np
 import pytest
@@ -163,6 +164,18 @@ def test_sketch_wnid_folders_are_keyed_by_class(eval_sources, shards_copy):
     assert sorted(labels) == sorted(f"{w}_sketch_{i}" for w in wnids[:4] for i in range(2))
     assert all(labels[key] == wnids.index(key.split("_")[0]) for key in labels)
     assert verify(shards)["splits"]["sketch"]["num_samples"] == 8
+
+
+def test_a_zip_of_the_sketch_folders_gives_the_same_split(eval_sources, shards_copy, tmp_path):
+    from_folder, from_zip = shards_copy("folder"), shards_copy("zip")
+    add_eval_set(from_folder, "sketch", eval_sources / "sketch", shard_size=3, workers=1)
+    archive = tmp_path / "ImageNet-Sketch.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:  # as downloaded: sketch/...
+        for path in sorted((eval_sources / "sketch").rglob("*.JPEG"), reverse=True):
+            z.write(path, f"sketch/{path.relative_to(eval_sources / 'sketch')}")
+    add_eval_set(from_zip, "sketch", archive, shard_size=3, workers=1)
+    assert tree_bytes(from_zip) == tree_bytes(from_folder)
+    assert verify(from_zip)["splits"]["sketch"]["source"]["kind"] == "archive"
 
 
 def test_a_stopped_run_resumes_to_the_same_shards(eval_sources, shards_copy, capsys):
