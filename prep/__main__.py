@@ -35,6 +35,15 @@ def quality(text: str) -> int:
     return value
 
 
+def add_strict_flag(p: argparse.ArgumentParser) -> None:
+    """--strict, as make shards and eval_set both take it."""
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail, listing them all, if any image is undecodable (default: skip and report)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = FlagParser(
         prog="python -m prep",
@@ -109,11 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"worker processes, for walking the train tar too (default: all cores, "
         f"{os.cpu_count()} here)",
     )
-    p.add_argument(
-        "--strict",
-        action="store_true",
-        help="fail, listing them all, if any image is undecodable (default: skip and report)",
-    )
+    add_strict_flag(p)
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -166,11 +171,7 @@ def eval_set_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--processes", type=positive, default=os.cpu_count(), metavar="N", help="worker processes"
     )
-    p.add_argument(
-        "--strict",
-        action="store_true",
-        help="fail, listing them all, if any image is undecodable (default: skip and report)",
-    )
+    add_strict_flag(p)
     p.add_argument(
         "--overwrite",
         action="store_true",

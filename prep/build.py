@@ -251,8 +251,8 @@ def our_files(out: Path) -> list[Path]:
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         for info in json.loads((out / "manifest.json").read_text())["splits"].values():
             found |= {out / s[k] for s in info["shards"] for k in ("tar", "index")}
-    for state in out.glob(f"{STATE_DIR}-*"):  # an unfinished eval_set NAME: .prep-NAME/
-        name = state.name[len(STATE_DIR) + 1 :]
+    for state in out.glob(eval_state("*")):  # an unfinished eval_set NAME: .prep-NAME/
+        name = state.name[len(eval_state("")) :]
         found |= {*out.glob(f"{name}-*.tar"), *out.glob(f"{name}-*.idx")}
     found |= {p for p in (out / "manifest.json", out / "classes.txt")}
     return sorted(p for p in found if p.exists())
@@ -298,7 +298,7 @@ def prepare_out(out: Path, fp: dict, overwrite: bool) -> str:
         )
     for path in our_files(out):
         path.unlink()
-    for state in [out / STATE_DIR, *out.glob(f"{STATE_DIR}-*")]:
+    for state in [out / STATE_DIR, *out.glob(eval_state("*"))]:
         shutil.rmtree(state, ignore_errors=True)
     return "fresh"
 
@@ -402,16 +402,25 @@ def build_manifest(scanned: Scan, fp: dict, options: PrepOptions, records: list[
     }
 
 
+def changed_shard(out: Path, shards: list[dict]) -> Path | None:
+    """The first of a split's shards (manifest entries) that is missing or not at the size
+    the manifest says; None when all are as written."""
+    for shard in shards:
+        tar = out / shard["tar"]
+        if not tar.is_file() or tar.stat().st_size != shard["bytes"]:
+            return tar
+    return None
+
+
 def check_complete(out: Path, manifest: dict) -> None:
     """A finished OUT: every shard still there at the size the manifest says."""
     for info in manifest["splits"].values():
-        for shard in info["shards"]:
-            tar = out / shard["tar"]
-            if not tar.is_file() or tar.stat().st_size != shard["bytes"]:
-                raise PrepError(
-                    f"{tar} is missing or changed since the run that wrote it; "
-                    "rerun with --overwrite to write the shards again"
-                )
+        tar = changed_shard(out, info["shards"])
+        if tar is not None:
+            raise PrepError(
+                f"{tar} is missing or changed since the run that wrote it; "
+                "rerun with --overwrite to write the shards again"
+            )
 
 
 def pending_tasks(scanned: Scan, shards: dict, out: Path, options: PrepOptions):
@@ -431,16 +440,35 @@ def pending_tasks(scanned: Scan, shards: dict, out: Path, options: PrepOptions):
     return tasks, done_images
 
 
+def print_split(prefix: str, split: str, info: dict) -> None:
+    """A split's counts (its manifest entry) and every image skipped."""
+    c = info["counts"]
+    print(
+        f"{prefix}: {split}: {info['num_samples']} samples in {len(info['shards'])} shards: "
+        f"stored {c['stored']}, repaired {c['repaired']}, resized {c['resized']}, "
+        f"skipped {c['skipped']}"
+    )
+    for e in info["skipped"]:
+        print(f"prep: skipped {e['path']}: {e['reason']}")
+
+
+def strict_error(skipped: list[dict], unwritten: str) -> PrepError:
+    """--strict's refusal, listing every undecodable image; `unwritten`: what is not written."""
+    listing = "\n".join(f"  {e['path']}: {e['reason']}" for e in skipped)
+    return PrepError(
+        f"--strict: {len(skipped)} images cannot be decoded (the shards are written but "
+        f"{unwritten}; rerun without --strict to skip them):\n{listing}"
+    )
+
+
+def eval_state(name: str) -> str:
+    """Where `prep eval_set` keeps an unfinished split NAME's plan and records: .prep-NAME."""
+    return f"{STATE_DIR}-{name}"
+
+
 def print_summary(manifest: dict, out: Path, seconds: float) -> None:
     for split in SPLITS:
-        info, c = manifest["splits"][split], manifest["splits"][split]["counts"]
-        print(
-            f"prep: {split}: {info['num_samples']} samples in {len(info['shards'])} shards: "
-            f"stored {c['stored']}, repaired {c['repaired']}, resized {c['resized']}, "
-            f"skipped {c['skipped']}"
-        )
-        for e in info["skipped"]:
-            print(f"prep: skipped {e['path']}: {e['reason']}")
+        print_split("prep", split, manifest["splits"][split])
     print(f"prep: done in {seconds:.1f} s; manifest: {out / 'manifest.json'}")
 
 
@@ -497,11 +525,7 @@ def build(
     manifest = build_manifest(scanned, fp, options, records)
     skipped = [e for s in SPLITS for e in manifest["splits"][s]["skipped"]]
     if strict and skipped:
-        listing = "\n".join(f"  {e['path']}: {e['reason']}" for e in skipped)
-        raise PrepError(
-            f"--strict: {len(skipped)} images cannot be decoded (the shards are written but no "
-            f"manifest; rerun without --strict to skip them):\n{listing}"
-        )
+        raise strict_error(skipped, "no manifest")
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=1).encode())
     shutil.rmtree(out / STATE_DIR, ignore_errors=True)
     print_summary(manifest, out, time.time() - start)

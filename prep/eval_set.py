@@ -34,17 +34,20 @@ from prep.atomic import remove_temporaries, write_atomic
 from prep.build import (
     FORMAT_VERSION,
     SPLITS,
-    STATE_DIR,
     ShardTask,
+    changed_shard,
     default_shard_size,
+    eval_state,
     load_record,
     mean_file_bytes,
+    print_split,
     run_tasks,
     shard_name,
     split_entry,
+    strict_error,
 )
 from prep.errors import PrepError
-from prep.layout import Sample, check_unique_keys, is_image, sample_key
+from prep.layout import Sample, check_unique_keys, is_image, list_images, sample_key
 from prep.shardio import cls_digits
 from prep.verify import load_manifest
 
@@ -69,11 +72,6 @@ class Listing:
     images: list[Image]
     ignored: int  # non-image files
     streamed: bool = False  # a tar.gz: its images are read in passes by the main process
-
-
-def state_dir(name: str) -> str:
-    """Where an unfinished run keeps its plan and shard records (make shards' is .prep)."""
-    return f"{STATE_DIR}-{name}"
 
 
 def checked_name(name: str) -> str:
@@ -108,14 +106,8 @@ def shards_classes(out: Path) -> tuple[dict, list[str]]:
 def list_source(source: Path, out: Path) -> Listing:
     """Every image of SOURCE (a folder, or a tar.gz, tar or zip read in place)."""
     if source.is_dir():
-        images, ignored = [], 0
-        for dirpath, dirnames, filenames in os.walk(source, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if is_image(name):
-                    images.append(Image((Path(dirpath) / name).relative_to(source).as_posix()))
-                else:
-                    ignored += 1
+        files, ignored = list_images(source)
+        images = [Image(p.relative_to(source).as_posix()) for p in files]
         return Listing(str(source), None, images, ignored)
     if not source.is_file():
         raise PrepError(f"SOURCE {source} does not exist")
@@ -221,13 +213,6 @@ def eval_fingerprint(samples: list[Sample], options: dict, shard_size: int) -> d
     }
 
 
-def split_files_present(out: Path, info: dict) -> bool:
-    return all(
-        (out / s["tar"]).is_file() and (out / s["tar"]).stat().st_size == s["bytes"]
-        for s in info["shards"]
-    )
-
-
 def remove_split(out: Path, name: str, info: dict | None) -> None:
     """The split's shards (those the manifest lists, and any of an unfinished run)."""
     for shard in (info or {}).get("shards", []):
@@ -235,13 +220,13 @@ def remove_split(out: Path, name: str, info: dict | None) -> None:
             (out / shard[key]).unlink(missing_ok=True)
     for path in [*out.glob(f"{name}-*.tar"), *out.glob(f"{name}-*.idx")]:
         path.unlink()
-    shutil.rmtree(out / state_dir(name), ignore_errors=True)
+    shutil.rmtree(out / eval_state(name), ignore_errors=True)
 
 
 def prepare_state(out: Path, name: str, fp: dict) -> str:
     """'resume' when OUT/.prep-NAME/ holds an unfinished run of the same split, else 'fresh'
     (an unfinished run of another source is cleared)."""
-    plan_file = out / state_dir(name) / "plan.json"
+    plan_file = out / eval_state(name) / "plan.json"
     try:
         previous = json.loads(plan_file.read_text())
     except (OSError, ValueError):
@@ -251,7 +236,7 @@ def prepare_state(out: Path, name: str, fp: dict) -> str:
     if previous is not None:
         print(f"prep eval_set: clearing an unfinished {name} split of another source")
     remove_split(out, name, None)
-    (out / state_dir(name)).mkdir()
+    (out / eval_state(name)).mkdir()
     write_atomic(plan_file, json.dumps(fp, indent=1).encode())
     return "fresh"
 
@@ -293,7 +278,7 @@ def already_there(out: Path, manifest: dict, name: str, fp: dict, overwrite: boo
             f"{out} already holds a split {name}, made from {was}: choose another NAME, or "
             f"pass --overwrite to replace that split"
         )
-    if not split_files_present(out, existing):
+    if changed_shard(out, existing["shards"]) is not None:
         raise PrepError(
             f"the {name} shards in {out} are missing or changed since they were written: "
             "pass --overwrite to write them again"
@@ -312,7 +297,7 @@ def write_shards(
         ShardTask(name, shard_name(name, i), part, listing.root, str(out), options["quality"],
                   options["max_side"], cls_digits(len(classes)))
         for i, part in enumerate(shards)
-        if load_record(out, shard_name(name, i), state_dir(name)) is None
+        if load_record(out, shard_name(name, i), eval_state(name)) is None
     ]  # fmt: skip
     total = sum(len(part) for part in shards)
     done = total - sum(len(t.samples) for t in tasks)
@@ -325,19 +310,8 @@ def write_shards(
     streamed = listing.streamed and listing.archive is not None and tasks
     for group in with_payloads(tasks, listing.archive) if streamed else [tasks]:
         if group:
-            run_tasks(group, out, workers, total, done, state_dir(name))
+            run_tasks(group, out, workers, total, done, eval_state(name))
             done += sum(len(t.samples) for t in group)
-
-
-def print_split(name: str, entry: dict) -> None:
-    c = entry["counts"]
-    print(
-        f"prep eval_set: {name}: {entry['num_samples']} samples in {len(entry['shards'])} "
-        f"shards: stored {c['stored']}, repaired {c['repaired']}, resized {c['resized']}, "
-        f"skipped {c['skipped']}"
-    )
-    for e in entry["skipped"]:
-        print(f"prep: skipped {e['path']}: {e['reason']}")
 
 
 def add_eval_set(
@@ -368,24 +342,19 @@ def add_eval_set(
     shards = [samples[i : i + size] for i in range(0, len(samples), size)]
     write_shards(out, name, listing, shards, manifest, workers, resuming)
 
-    records = [load_record(out, shard_name(name, i), state_dir(name)) for i in range(len(shards))]
+    records = [load_record(out, shard_name(name, i), eval_state(name)) for i in range(len(shards))]
     if any(r is None for r in records):
         raise PrepError(f"some {name} shards in {out} went missing during the run; rerun")
     entry = split_entry(records, size)
     if strict and entry["skipped"]:
-        listed = "\n".join(f"  {e['path']}: {e['reason']}" for e in entry["skipped"])
-        raise PrepError(
-            f"--strict: {len(entry['skipped'])} images cannot be decoded (the shards are "
-            f"written but the split is not in the manifest; rerun without --strict to skip "
-            f"them):\n{listed}"
-        )
+        raise strict_error(entry["skipped"], "the split is not in the manifest")
     kind = "folder" if listing.archive is None else "archive"
     entry["source"] = {"path": str(source), "kind": kind, "ignored_files": listing.ignored}
     entry["fingerprint"] = fp
     manifest = load_manifest(out)  # as it is now, not as it was read before the work
     manifest["splits"][name] = entry
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=1).encode())
-    shutil.rmtree(out / state_dir(name), ignore_errors=True)
-    print_split(name, entry)
+    shutil.rmtree(out / eval_state(name), ignore_errors=True)
+    print_split("prep eval_set", name, entry)
     print(f"prep eval_set: done in {time.time() - start:.1f} s; manifest: {out / 'manifest.json'}")
     return manifest

@@ -24,7 +24,7 @@ from prep.eval_set import add_eval_set
 from prep.imagenet_like import jpeg_bytes, load_photos, random_view, write_imagenet_like
 from prep.shardio import read_members
 from prep.verify import verify
-from tests.test_prep import tree_bytes
+from tests.test_prep import flip_byte, tree_bytes
 from train.evaluate import main as evaluate_main
 
 CLASSES = 6  # more than 5: a top-5 prediction can miss
@@ -145,10 +145,7 @@ def test_v2_tar_gz_and_its_extracted_folder_give_the_same_split(
     assert evaluate_main([*argv, "--split", "imagenetv2", "--json", str(json_path)]) == 0
     assert json.loads(json_path.read_text())["images"] == 11
     # A damaged shard of the new split fails verify; make shards --overwrite removes the split.
-    tar = from_folder / "imagenetv2-000001.tar"
-    data = bytearray(tar.read_bytes())
-    data[600] ^= 0xFF
-    tar.write_bytes(bytes(data))
+    flip_byte(from_folder / "imagenetv2-000001.tar", 600)
     with pytest.raises(PrepError, match="imagenetv2-000001.tar: sha256 differs"):
         verify(from_folder)
     build(ilsvrc / "data", from_folder, PrepOptions(shard_size=5), workers=1, overwrite=True)

@@ -318,13 +318,18 @@ def test_default_shard_size_is_at_most_a_gigabyte_and_balanced():
     assert shards(100, 1000) == 1
 
 
+def flip_byte(path: Path, offset: int) -> None:
+    """Damage a file in place: the byte at `offset` inverted (its size unchanged)."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def test_verify_names_the_damaged_shard(tiny_shards, copy_of):
     assert prep_main(["verify", str(tiny_shards)]) == 0
     out = copy_of(tiny_shards)
     tar = out / "train-000001.tar"
-    data = bytearray(tar.read_bytes())
-    data[1000] ^= 0xFF
-    tar.write_bytes(bytes(data))
+    flip_byte(tar, 1000)
     with pytest.raises(PrepError, match="train-000001.tar: sha256 differs"):
         verify(out)
     assert prep_main(["verify", str(out)]) == 2

@@ -33,7 +33,7 @@ from models import SD_MODES, STAGE_BLOCKS, VARIANTS
 from prep.atomic import write_atomic
 from prep.flags import FlagParser
 from prep.provenance import code_version, machine_facts
-from train.data import IMAGENET_MEAN, IMAGENET_STD, make_loader
+from train.data import AUTO_AUGMENTS, IMAGENET_MEAN, IMAGENET_STD, PipelineKnobs, make_loader
 from train.shards import Shards, is_shards_folder, open_shards, train_counts
 
 DEFAULT_DATA = "benchmarks/data/imagenet-like"
@@ -89,7 +89,7 @@ def torchvision_augmentation(auto_augment: str, ra_ops: int, ra_magnitude: int):
 
 def dataloader_batches(
     shards: Shards, batch: int, workers: int, image_size: int, augment: str = "none",
-    ra: tuple[int, int] = (2, 9),
+    ra: tuple[int, int] = (PipelineKnobs.ra_ops, PipelineKnobs.ra_magnitude),
 ):  # fmt: skip
     """The usual alternative: webdataset + torchvision transforms on PIL + DataLoader."""
     import torchvision.transforms as T
@@ -551,15 +551,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_augmentation_flags(p: argparse.ArgumentParser) -> None:
+    """The trainer's automatic-augmentation knobs, with its choices and defaults."""
+    knobs = PipelineKnobs()
     p.add_argument(
         "--auto_augment",
-        default="none",
-        choices=["none", "ta_wide", "rand_augment"],
+        default=knobs.auto_augment,
+        choices=AUTO_AUGMENTS,
         help="input: also times DALI with this augmentation (no colour jitter, as the accurate "
         "recipe) against torchvision's TrivialAugmentWide / RandAugment in the DataLoader",
     )
-    p.add_argument("--ra_ops", type=int, default=2, help="input: rand_augment's operations")
-    p.add_argument("--ra_magnitude", type=int, default=9, help="input: rand_augment's magnitude")
+    p.add_argument(
+        "--ra_ops", type=int, default=knobs.ra_ops, help="input: rand_augment's operations"
+    )
+    p.add_argument(
+        "--ra_magnitude",
+        type=int,
+        default=knobs.ra_magnitude,
+        help="input: rand_augment's magnitude",
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
