@@ -1,86 +1,36 @@
-"""python -m models: parameter count, GFLOPs at the chosen resolution and survival probabilities."""
+"""python -m models: parameter count, GFLOPs at the chosen resolution and survival
+probabilities of the network the trainer builds with the same flags."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
+from models.flags import MODEL_FLAGS, NUM_CLASSES, FlagParser
 from models.flops import count_flops, skipped_share, training_flops
-from models.resnet import SD_MODES, STAGE_BLOCKS, VARIANTS, build_resnet, survival_probs
+from models.resnet import STAGE_BLOCKS, build_resnet, survival_probs
 
-# The flags are the trainer's (python -m train), spelt with underscores; hyphens and the
-# older names are accepted too. models/ imports nothing of ours, so they are spelt out here.
-ALIASES = {
-    "--sd-mode": "--sd_mode",
-    "--final-survival": "--pL",
-    "--final_survival": "--pL",
-    "--num-classes": "--num_classes",
-    "--image-size": "--image_size",
-}
+# --final_survival was this command's name for --pL.
+ALIASES = {"--final_survival": "--pL"}
+
+
+def build_parser() -> FlagParser:
+    p = FlagParser(
+        prog="python -m models",
+        description="Describe one ResNet as the trainer builds it with the same flags: "
+        "parameters, FLOPs and each block's survival probability.",
+        aliases=ALIASES,
+    )
+    p.add(*MODEL_FLAGS, NUM_CLASSES)
+    return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m models",
-        description="Describe one ResNet: parameters, FLOPs and each block's survival probability.",
-        epilog="Older names still accepted: --sd-mode, --final-survival (--pL), --num-classes, "
-        "--image-size.",
-    )
-    p.add_argument("--depth", type=int, default=50, choices=sorted(STAGE_BLOCKS), help="depth")
-    p.add_argument(
-        "--variant",
-        default="preact",
-        choices=VARIANTS,
-        help="preact: full pre-activation (default); v1.5: torchvision's post-activation ResNet",
-    )
-    p.add_argument(
-        "--sd", type=int, choices=[0, 1], help="stochastic depth: 1 on, 0 off (default 0)"
-    )
-    p.add_argument(
-        "--sd_mode",
-        choices=SD_MODES,
-        help="with --sd 1: batch (the paper's: whole blocks skipped per step, the default) or "
-        "sample (per-sample drop path)",
-    )
-    p.add_argument(
-        "--pL",
-        type=float,
-        default=0.5,
-        help="survival probability of the last block, in (0, 1] (default 0.5)",
-    )
-    p.add_argument(
-        "--num_classes", type=int, default=1000, help="classifier outputs (default 1000)"
-    )
-    p.add_argument(
-        "--image_size", type=int, default=224, help="input side for the FLOP counts (default 224)"
-    )
-    p.add_argument(
-        "--blurpool",
-        action="store_true",
-        help="FFCV's BlurPool before the blocks' strided convolutions (as the trainer's flag)",
-    )
-    argv = sys.argv[1:] if argv is None else argv
-    args = p.parse_args([spelt(a) for a in argv])
-    args.sd_mode = sd_mode_of(p, args)
+    p = build_parser()
+    args = p.parse_args(argv)
+    if not args.sd and {"sd_mode", "pL"} & p.given:
+        p.error(f"--{min({'sd_mode', 'pL'} & p.given)} is for stochastic depth: add --sd 1")
+    args.sd_mode = args.sd_mode if args.sd else "off"
     return args
-
-
-def spelt(token: str) -> str:
-    """An older or hyphenated flag name as the trainer spells it; other tokens as given."""
-    name, sep, value = token.partition("=")
-    return ALIASES.get(name, name) + sep + value if token.startswith("--") else token
-
-
-def sd_mode_of(p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
-    """The model's mode: off, or --sd 1's --sd_mode. The older --sd-mode batch|sample alone
-    still turns it on; --sd 0 with a mode is a contradiction."""
-    if args.sd == 0 and args.sd_mode not in (None, "off"):
-        p.error(f"--sd 0 turns stochastic depth off: drop --sd_mode {args.sd_mode} or give --sd 1")
-    if args.sd == 1 and args.sd_mode == "off":
-        p.error("--sd 1 --sd_mode off: the modes of --sd 1 are batch and sample")
-    if args.sd == 1:
-        return args.sd_mode or "batch"
-    return args.sd_mode or "off"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from models.flags import Flag, FlagParser
 from prep.errors import PrepError
-from prep.flags import FlagParser
+from prep.flags import OVERWRITE, PROCESSES, RETIRED, SHARD_SIZE, STRICT, positive
 
-# --workers was prep's name for its worker processes; in train/ it counts DALI threads.
-ALIASES = {"--workers": "--processes"}
+# --seed was the name of --shuffle_seed; the trainer's --seed seeds the run.
+ALIASES = {"--seed": "--shuffle_seed"}
 
 USAGE = """\
 python -m prep DATA OUT [options]     convert ImageNet into shards (make shards)
@@ -21,13 +21,6 @@ python -m prep verify OUT [--processes N]   check a shards folder (make verify-s
 python -m prep eval_set SHARDS NAME SOURCE [options]   add an evaluation split (ImageNetV2)"""
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def quality(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 100:
@@ -35,20 +28,55 @@ def quality(text: str) -> int:
     return value
 
 
-def add_strict_flag(p: argparse.ArgumentParser) -> None:
-    """--strict, as make shards and eval_set both take it."""
-    p.add_argument(
-        "--strict",
-        action="store_true",
-        help="fail, listing them all, if any image is undecodable (default: skip and report)",
-    )
+TRAIN_TAR = Flag(
+    "train_tar",
+    str,
+    None,
+    "ILSVRC2012_img_train.tar, where it is (instead of DATA; with --val_tar)",
+    metavar="FILE",
+)
+VAL_TAR = Flag(
+    "val_tar",
+    str,
+    None,
+    "ILSVRC2012_img_val.tar, where it is (instead of DATA; with --train_tar)",
+    metavar="FILE",
+)
+DEVKIT = Flag(
+    "devkit",
+    str,
+    None,
+    "ILSVRC2012_devkit_t12.tar.gz, the val tar's labels (default: the one beside the val tar)",
+    metavar="FILE",
+)
+VAL_LABELS = Flag(
+    "val_labels",
+    str,
+    None,
+    "labels of a flat val folder or of the val tar: lines `filename wnid` (or Kaggle's "
+    "LOC_val_solution.csv)",
+    metavar="FILE",
+)
+SHUFFLE_SEED = Flag("shuffle_seed", int, 0, "seed of the global shuffle of the train samples")
+MAX_SIDE = Flag(
+    "max_side",
+    positive,
+    None,
+    "downscale images whose longer side exceeds N pixels (faster decoding later; default: keep "
+    "every image as it is)",
+    metavar="N",
+)
+QUALITY = Flag(
+    "quality", quality, 95, "JPEG quality of re-encoded images, repaired or downscaled", metavar="Q"
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> FlagParser:
     p = FlagParser(
         prog="python -m prep",
         usage=USAGE,
         aliases=ALIASES,
+        retired=RETIRED,
         description="Convert ImageNet into WebDataset tar shards with DALI index files, "
         "classes.txt and manifest.json, reading the images once, from the downloaded archives "
         "(no extraction) or from extracted folders. DATA, detected automatically: a folder "
@@ -66,85 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
         "leave it out with --train_tar and --val_tar",
     )
     p.add_argument("out", help="the shards folder to write (OUT)")
-    p.add_argument(
-        "--train_tar",
-        metavar="FILE",
-        help="ILSVRC2012_img_train.tar, where it is (instead of DATA; with --val_tar)",
-    )
-    p.add_argument(
-        "--val_tar",
-        metavar="FILE",
-        help="ILSVRC2012_img_val.tar, where it is (instead of DATA; with --train_tar)",
-    )
-    p.add_argument(
-        "--devkit",
-        metavar="FILE",
-        help="ILSVRC2012_devkit_t12.tar.gz, the val tar's labels (default: the one beside "
-        "the val tar)",
-    )
-    p.add_argument(
-        "--val_labels",
-        metavar="FILE",
-        help="labels of a flat val folder or of the val tar: lines `filename wnid` (or "
-        "Kaggle's LOC_val_solution.csv)",
-    )
-    p.add_argument(
-        "--shard_size",
-        type=positive,
-        metavar="N",
-        help="images per shard (default: at most about 1 GB per shard, and 64 or a multiple "
-        "of 64 shards where each can hold 256 images or more, to keep all workers busy)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the global train shuffle")
-    p.add_argument(
-        "--max_side",
-        type=positive,
-        metavar="N",
-        help="downscale images whose longer side exceeds N pixels (faster decoding later; "
-        "default: keep every image as it is)",
-    )
-    p.add_argument(
-        "--quality",
-        type=quality,
-        default=95,
-        metavar="Q",
-        help="JPEG quality of re-encoded images, repaired or downscaled",
-    )
-    p.add_argument(
-        "--processes",
-        type=positive,
-        default=os.cpu_count(),
-        metavar="N",
-        help=f"worker processes, for walking the train tar too (default: all cores, "
-        f"{os.cpu_count()} here)",
-    )
-    add_strict_flag(p)
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace the shards of an earlier run with other options in OUT",
-    )
+    p.add(TRAIN_TAR, VAL_TAR, DEVKIT, VAL_LABELS, SHARD_SIZE, SHUFFLE_SEED, MAX_SIDE, QUALITY)
+    p.add(PROCESSES, STRICT, OVERWRITE)
     return p
 
 
-def verify_parser() -> argparse.ArgumentParser:
+def verify_parser() -> FlagParser:
     p = FlagParser(
         prog="python -m prep verify",
-        aliases=ALIASES,
+        retired=RETIRED,
         description="Check manifest against tars against indexes: counts, sizes, sha256, "
         "labels in range. Exits non-zero naming the first problem.",
     )
     p.add_argument("out", help="the shards folder")
-    p.add_argument(
-        "--processes", type=positive, default=os.cpu_count(), metavar="N", help="worker processes"
-    )
+    p.add(PROCESSES)
     return p
 
 
-def eval_set_parser() -> argparse.ArgumentParser:
+def eval_set_parser() -> FlagParser:
     p = FlagParser(
         prog="python -m prep eval_set",
-        aliases=ALIASES,
+        retired=RETIRED,
         description="Add an evaluation split NAME (NAME-000000.tar ... with DALI indexes) to "
         "a finished shards folder SHARDS, beside train and val, labelled with its classes.txt; "
         "evaluate it with `python -m train.evaluate --split NAME`. SOURCE: ImageNetV2's "
@@ -152,8 +122,8 @@ def eval_set_parser() -> argparse.ArgumentParser:
         "holding one folder per class: named by class index 0 ... K-1, every one of them "
         "(ImageNetV2), or by WordNet id, each one of classes.txt (ImageNet-Sketch). Keys are "
         "CLASSFOLDER_FILESTEM. Images are repaired, downscaled or skipped as `make shards` "
-        "did for OUT (its --max_side and --quality). Resumable: rerun the same command after "
-        "a crash; rerunning a finished one does nothing.",
+        "did for SHARDS (its --max_side and --quality). Resumable: rerun the same command "
+        "after a crash; rerunning a finished one does nothing.",
     )
     p.add_argument("out", metavar="SHARDS", help="the shards folder (made by `make shards`)")
     p.add_argument(
@@ -162,21 +132,7 @@ def eval_set_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "source", metavar="SOURCE", help="the tar.gz, tar or zip as downloaded, or the folder"
     )
-    p.add_argument(
-        "--shard_size",
-        type=positive,
-        metavar="N",
-        help="images per shard (default: as make shards chooses: at most about 1 GB a shard)",
-    )
-    p.add_argument(
-        "--processes", type=positive, default=os.cpu_count(), metavar="N", help="worker processes"
-    )
-    add_strict_flag(p)
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing split NAME made from other images (never train or val)",
-    )
+    p.add(SHARD_SIZE, PROCESSES, STRICT, OVERWRITE)
     return p
 
 
@@ -213,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         from prep.sources import ArchivePaths
 
         options = PrepOptions(
-            seed=args.seed, shard_size=args.shard_size, max_side=args.max_side, quality=args.quality
+            seed=args.shuffle_seed,
+            shard_size=args.shard_size,
+            max_side=args.max_side,
+            quality=args.quality,
         )
         build(
             args.data,

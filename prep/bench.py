@@ -24,10 +24,11 @@ from pathlib import Path
 
 from PIL import Image
 
+from models.flags import Flag, FlagParser
 from prep.atomic import write_atomic
 from prep.build import PrepOptions, build
-from prep.flags import FlagParser
-from prep.imagenet_like import ensure_archives, ensure_imagenet_like
+from prep.flags import JSON, PROCESSES, RETIRED, ROUNDS, bench_json, positive
+from prep.imagenet_like import IMAGENET_LIKE, ensure_archives, ensure_imagenet_like
 from prep.provenance import code_version, machine_facts
 from prep.sources import scan
 
@@ -61,23 +62,26 @@ def prep_rate(data: Path, workers: int, n: int) -> float:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> None:
+DATA = Flag("data", str, IMAGENET_LIKE, "the generated benchmark set's folder (made once)")
+CLASSES = Flag("classes", positive, 40, "classes in the generated set", metavar="N")
+PER_CLASS = Flag("per_class", positive, 100, "train images per class", metavar="N")
+
+
+def build_parser() -> FlagParser:
     p = FlagParser(
         prog="python -m prep.bench",
-        description=__doc__.split("\n")[0],
-        aliases={"--workers": "--processes"},
+        description=__doc__.split("\n")[0] + " Both contenders get --processes processes.",
+        retired=RETIRED,
     )
-    p.add_argument("--data", default="benchmarks/data/imagenet-like", help="benchmark set path")
-    p.add_argument("--classes", type=int, default=40, help="classes in the generated set")
-    p.add_argument("--per_class", type=int, default=100, help="train images per class")
-    p.add_argument("--processes", type=int, default=os.cpu_count(), help="processes for both")
-    p.add_argument(
-        "--rounds", type=int, default=3, help="interleaved timed rounds; the medians are reported"
-    )
-    p.add_argument("--json", default="benchmarks/results/prep.json", help="where to write JSON")
-    args = p.parse_args(argv)
+    p.add(DATA, CLASSES, PER_CLASS, PROCESSES, ROUNDS, JSON)
+    return p
 
-    data = ensure_imagenet_like(Path(args.data), args.classes, args.per_class, args.processes)
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    processes = args.processes or os.cpu_count() or 1
+
+    data = ensure_imagenet_like(Path(args.data), args.classes, args.per_class, processes)
     archives = ensure_archives(data)
     scanned = scan(data)
     paths = [str(data / s.path) for split in scanned.splits.values() for s in split]
@@ -91,9 +95,9 @@ def main(argv: list[str] | None = None) -> None:
                 pass
     floors, preps, from_archives = [], [], []
     for _ in range(args.rounds):
-        floors.append(floor_rate(paths, args.processes))
-        preps.append(prep_rate(data, args.processes, len(paths)))
-        from_archives.append(prep_rate(archives, args.processes, len(paths)))
+        floors.append(floor_rate(paths, processes))
+        preps.append(prep_rate(data, processes, len(paths)))
+        from_archives.append(prep_rate(archives, processes, len(paths)))
     floor, prep = statistics.median(floors), statistics.median(preps)
     archive_rate = statistics.median(from_archives)
     ratio = statistics.median(r / f for r, f in zip(preps, floors, strict=True))
@@ -102,20 +106,18 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\nbench-prep: {len(paths)} JPEGs, mean {mean_kb:.0f} KB, e.g. {example[0]}x{example[1]}"
     )
-    print(
-        f"{args.processes} processes, page cache warm, median of {args.rounds} interleaved rounds"
-    )
+    print(f"{processes} processes, page cache warm, median of {args.rounds} interleaved rounds")
     print(f"{'pipeline':<34}{'images/s':>10}{'per process':>13}")
-    print(f"{'floor: read + PIL decode':<34}{floor:>10.0f}{floor / args.processes:>13.0f}")
-    print(f"{'prep (python -m prep, whole job)':<34}{prep:>10.0f}{prep / args.processes:>13.0f}")
+    print(f"{'floor: read + PIL decode':<34}{floor:>10.0f}{floor / processes:>13.0f}")
+    print(f"{'prep (python -m prep, whole job)':<34}{prep:>10.0f}{prep / processes:>13.0f}")
     print(f"{'prep from the archives (whole job)':<34}{archive_rate:>10.0f}"
-          f"{archive_rate / args.processes:>13.0f}")  # fmt: skip
+          f"{archive_rate / processes:>13.0f}")  # fmt: skip
     print(f"prep / floor (median of the rounds' ratios): {ratio:.2f}x (target >= 0.85x)")
     print(
         f"prep from the archives / from the folders (median of the rounds' ratios): "
         f"{archive_ratio:.2f}x (target >= 0.95x)"
     )
-    per_core = prep / args.processes
+    per_core = prep / processes
     projection = {}
     print("projected full ImageNet (1.33 M images), if the disk keeps up:")
     for cores in (8, 16, 32, 64):
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine_facts(),
         "images": len(paths),
         "mean_bytes": round(sum(sizes) / len(sizes)),
-        "workers": args.processes,
+        "workers": processes,
         "floor_images_per_s": [round(f, 1) for f in floors],
         "prep_images_per_s": [round(r, 1) for r in preps],
         "ratio": round(ratio, 3),
@@ -138,9 +140,10 @@ def main(argv: list[str] | None = None) -> None:
         "archives_over_folders": round(archive_ratio, 3),
         "projected_minutes_by_cores": projection,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.json, json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    path = Path(bench_json(args.json, "prep"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

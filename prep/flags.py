@@ -1,52 +1,70 @@
-"""The command lines of prep/ and train/: one parser class, so that every entry point spells
-its flags the same way. Flags are defined and shown in --help with underscores, in the seed's
-spelling (--data_dir, --label_smoothing); each is also accepted with hyphens (--data-dir), and
-a flag that was renamed keeps working under its old name (`aliases`, listed in the help's
-last lines). Each default is shown once: by argparse, unless the help text already says it.
-(models/ imports nothing of ours: `python -m models` spells its few aliases out itself.)"""
+"""prep's flags that several commands take (make shards, prep verify, prep eval_set, the prep
+benchmark, the demo), each declared once; the parser is models.flags.FlagParser, which every
+command of the project uses."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+
+from models.flags import Flag
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each default, unless the help text already says what the default is."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" in text or action.default in (None, argparse.SUPPRESS):
-            return text
-        if isinstance(action.default, bool):
-            return text
-        return super()._get_help_string(action)
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
-def underscored(token: str, aliases: dict[str, str]) -> str:
-    """--shard-size=4 -> --shard_size=4; an old name -> its new one; other tokens as given."""
-    if not token.startswith("--") or token == "--":
-        return token
-    name, sep, value = token.partition("=")
-    name = "--" + name[2:].replace("-", "_")
-    return aliases.get(name, name) + sep + value
+PROCESSES = Flag(
+    "processes",
+    positive,
+    None,
+    "worker processes that decode and write images, and walk the train tar (default: every core)",
+    metavar="N",
+)
+SHARD_SIZE = Flag(
+    "shard_size",
+    positive,
+    None,
+    "images per shard (default: at most about 1 GB per shard, and 64 or a multiple of 64 "
+    "shards where each can hold 256 images or more, to keep all workers busy)",
+    metavar="N",
+)
+STRICT = Flag(
+    "strict",
+    bool,
+    False,
+    "fail, listing them all, if any image is undecodable (off: skip them and list them in "
+    "manifest.json)",
+)
+OVERWRITE = Flag(
+    "overwrite",
+    bool,
+    False,
+    "replace what an earlier run with other options or images wrote: the shards of OUT (make "
+    "shards), the split NAME (eval_set; never train or val)",
+)
+JSON = Flag(
+    "json",
+    str,
+    None,
+    "also write the figures as JSON to this file (the benchmarks write theirs under "
+    "benchmarks/runs/ when it is not given)",
+    metavar="FILE",
+)
+ROUNDS = Flag(
+    "rounds",
+    positive,
+    3,
+    "timed rounds, each contender once per round (interleaved); the medians are reported",
+    metavar="N",
+)
+RETIRED = {"--workers": "prep's worker processes are --processes (--workers counts DALI threads)"}
+BENCH_RUNS = "benchmarks/runs"  # ignored by git: a benchmark run leaves the tree as it was
 
 
-class FlagParser(argparse.ArgumentParser):
-    def __init__(self, *args, aliases: dict[str, str] | None = None, **kwargs) -> None:
-        """`aliases`: old flag -> its new name (both with underscores)."""
-        kwargs.setdefault("formatter_class", HelpFormatter)
-        self.aliases = dict(aliases or {})
-        if self.aliases:
-            old = ", ".join(f"{a} for {n}" for a, n in self.aliases.items())
-            epilog = kwargs.get("epilog")
-            kwargs["epilog"] = (
-                epilog + " " if epilog else ""
-            ) + f"Older names still accepted: {old}."
-        super().__init__(*args, **kwargs)
-
-    def parse_known_args(self, args=None, namespace=None):
-        args = sys.argv[1:] if args is None else list(args)
-        end = args.index("--") if "--" in args else len(args)  # after --: positionals only
-        args = [underscored(a, self.aliases) for a in args[:end]] + args[end:]
-        return super().parse_known_args(args, namespace)
+def bench_json(given: str | None, name: str) -> str:
+    """Where a benchmark writes its JSON: --json, else BENCH_RUNS/NAME.json (the runs that
+    docs/benchmarks.md cites are kept in benchmarks/results/, written there with --json)."""
+    return given or f"{BENCH_RUNS}/{name}.json"

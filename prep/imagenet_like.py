@@ -34,6 +34,9 @@ COLOUR_PHOTOS = (
 )
 GREY_PHOTOS = ("camera", "coins", "moon", "brick", "grass", "gravel", "clock", "cell")
 TEXTURES = ("grass", "gravel", "brick")
+# The benchmarks' generated set (prep's and the trainer's) and its shards, made once.
+IMAGENET_LIKE = "benchmarks/data/imagenet-like"
+IMAGENET_LIKE_SHARDS = "benchmarks/data/imagenet-like-shards"
 
 
 def wnids(n: int) -> list[str]:

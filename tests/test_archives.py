@@ -89,7 +89,8 @@ def test_official_archives_give_the_shards_of_the_folders(
     # the same, the archives named one by one (the devkit found beside the val tar)
     named = tmp_path / "named"
     code = prep_main([str(named), "--train-tar", str(downloads / TRAIN_TAR), "--val-tar",
-                      str(downloads / VAL_TAR), "--shard-size", "8", "--workers", "1"])  # fmt: skip
+                      str(downloads / VAL_TAR), "--shard-size", "8",
+                      "--processes", "1"])  # fmt: skip
     assert code == 0
     assert tree_bytes(named) == tree_bytes(tiny_shards)
 

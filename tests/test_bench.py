@@ -4,13 +4,17 @@ writes its JSON whole, with the code version and the machine facts that config.j
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
+from prep.flags import BENCH_RUNS
 from prep.provenance import machine_facts
-from train.bench import main as bench_main
+from train.bench.__main__ import main as bench_main
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bench_train_times_each_mode_and_optimizer_and_records_where_it_ran(
@@ -37,16 +41,22 @@ def test_bench_train_times_each_mode_and_optimizer_and_records_where_it_ran(
     assert not list(tmp_path.glob(".*.tmp.*"))
 
 
-def test_bench_checkpoint_saves_as_the_trainer_does(tmp_path, capsys):
-    out = tmp_path / "checkpoint.json"
-    bench_main(
-        ["checkpoint", "--device", "cpu", "--rounds", "1", "--out", str(tmp_path),
-         "--json", str(out)]
-    )  # fmt: skip
+def test_bench_checkpoint_saves_as_the_trainer_does_into_an_ignored_folder(
+    tmp_path, capsys, monkeypatch
+):
+    """Without --json the JSON goes under benchmarks/runs/, which git ignores: a benchmark
+    run leaves the tree as it was (benchmarks/results/ keeps the runs the docs cite)."""
+    monkeypatch.chdir(tmp_path)
+    assert bench_main(["checkpoint", "--device", "cpu", "--rounds", "1", "--out", "."]) == 0
     assert "save as the trainer does" in capsys.readouterr().out
+    out = tmp_path / BENCH_RUNS / "checkpoint-rn50-cpu.json"
     result = json.loads(out.read_text())
     assert result["bytes"] > 100e6 and len(result["save_seconds"]) == 1  # ResNet-50's last.pt
     assert result["code_version"] and result["machine"]["device"] == "cpu"
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", f"{BENCH_RUNS}/checkpoint-rn50-cpu.json"], cwd=ROOT
+    )
+    assert ignored.returncode == 0, f"{BENCH_RUNS} is not ignored by git"
 
 
 def test_bench_times_blurpool_the_ema_and_the_automatic_augmentation(tiny_shards, tmp_path, capsys):

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from prep.eval_set import add_eval_set
-from train.compare import main as compare_main
+from train.compare.__main__ import main as compare_main
+from train.compare.stats import mcnemar_exact
 from train.report import main as report_main
-from train.stats import mcnemar_exact
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--image_size", "32", "--batch", "8", "--workers", "2", "--warmup_epochs", "0"]

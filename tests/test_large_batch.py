@@ -185,7 +185,7 @@ def test_compare_and_report_show_each_runs_time_to_target(tiny_shards, tmp_path,
     import csv
 
     from tests.test_compare import FLAGS
-    from train.compare import main as compare_main
+    from train.compare.__main__ import main as compare_main
     from train.report import main as report_main
 
     out = tmp_path / "compare"
@@ -212,7 +212,7 @@ def test_a_checkpoint_of_the_mlperf_recipe_evaluates_at_any_batch():
 
     trained = to_dict(parse_config(["--recipe", "mlperf"]))
     weights = Weights({}, 50, "v1.5", 1000, "checkpoint", trained)
-    cfg = eval_config(parse_args(["--weights", "w.pt", "--batch", "64"]), weights, world_size=2)
+    cfg = eval_config(parse_args(["--weights", "w.pt", "--batch", "64"]), weights)
     check(cfg, world_size=2)  # no LARS LR tuned for batch 3,200 stands in the way
     assert (cfg.val_res, cfg.label_smoothing, cfg.variant) == (None, 0.1, "v1.5")
 

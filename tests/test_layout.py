@@ -1,8 +1,10 @@
 """The shape of the code: data flows one way (models imports nothing of ours, prep never
-imports train), no module imports an entry point (a file that is run) or takes part in an
-import cycle, only train/shards.py names the manifest, the shards are found through
---data_dir in one place, train/main.py stays within 250 lines, and no function in train/ is
-longer than a screen."""
+imports train), train/ is grouped by tool one level deep (the trainer's building blocks flat,
+the comparison tool and the benchmarks in packages of their own, the training state in its
+own module), no module imports an entry point (a file that is run) or takes part in an import
+cycle, only train/shards.py names the manifest, the shards are found through --data_dir in
+one place, train/main.py stays within 250 lines, and no function in train/ is longer than a
+screen."""
 
 from __future__ import annotations
 
@@ -15,10 +17,15 @@ MAX_FUNCTION_LINES = 65  # about 60: one screen, docstring included
 MAX_MAIN_LINES = 250  # train/main.py, the run, top to bottom
 
 
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts)
+
+
 def modules(package: str) -> dict[str, ast.Module]:
+    """Every module of a package, its subpackages' included: dotted name -> syntax tree."""
     return {
-        f"{package}.{path.stem}": ast.parse(path.read_text())
-        for path in sorted((ROOT / package).glob("*.py"))
+        module_name(path): ast.parse(path.read_text())
+        for path in sorted((ROOT / package).rglob("*.py"))
     }
 
 
@@ -73,10 +80,33 @@ def entry_points() -> set[str]:
 
 
 def test_the_entry_points_are_found():
-    assert {"train.main", "train.evaluate", "train.bench", "train.compare", "train.report"} <= (
-        entry_points()
-    )
-    assert {"train.demo", "models.__main__", "prep.__main__", "prep.bench"} <= entry_points()
+    assert entry_points() == {
+        "train.__main__", "train.main", "train.evaluate", "train.report", "train.demo",
+        "train.compare.__main__", "train.bench.__main__", "models.__main__", "prep.__main__",
+        "prep.bench",
+    }  # fmt: skip
+
+
+def test_train_is_grouped_by_tool_one_level_deep():
+    """The trainer's building blocks and its entry points flat in train/; the comparison tool
+    and the benchmarks in packages of their own; nothing deeper."""
+    packages = {p.parent.relative_to(ROOT).as_posix() for p in (ROOT / "train").rglob("*.py")}
+    assert packages == {"train", "train/compare", "train/bench"}
+    compare = {p.stem for p in (ROOT / "train" / "compare").glob("*.py")}
+    tool = {"__main__", "arms", "launch", "stats", "verdicts", "tables", "plot", "report"}
+    assert tool <= compare
+    bench = {p.stem for p in (ROOT / "train" / "bench").glob("*.py")}
+    assert {"__main__", "input", "train", "checkpoint", "common"} <= bench
+    flat = {p.stem for p in (ROOT / "train").glob("*.py")}
+    assert not flat & {"compare", "comparison", "comparison_report", "stats", "verdicts", "bench"}
+
+
+def test_the_training_state_does_not_depend_on_the_epoch_loop():
+    """Run lives in train/state.py: saving, stopping and building the model need no loop."""
+    edges = graph()
+    assert "train.state" in edges and "class Run" in (ROOT / "train/state.py").read_text()
+    for name in ("train.state", "train.checkpoint", "train.signals", "train.model"):
+        assert "train.loop" not in edges[name], name
 
 
 def test_no_module_imports_an_entry_point():
@@ -103,19 +133,26 @@ def test_only_train_shards_names_the_manifest():
     assert naming == ["train.shards"]
 
 
-def test_the_shards_are_found_through_data_dir_once():
-    """--data_dir is read in one function, which opens the shards; everything after start-up
-    reads the Shards it returns (after --cache: the RAM copy)."""
-    reads = [
+def data_dir_reads(package: str, variable: str) -> list[tuple[str, str]]:
+    """(module, function) of every read of `variable`.data_dir in the package."""
+    return [
         (name, function.name)
-        for name, tree in modules("train").items()
+        for name, tree in modules(package).items()
         for function in ast.walk(tree)
         if isinstance(function, ast.FunctionDef)
         for node in ast.walk(function)
         if isinstance(node, ast.Attribute) and node.attr == "data_dir"
-        and isinstance(node.value, ast.Name) and node.value.id == "cfg"
+        and isinstance(node.value, ast.Name) and node.value.id == variable
     ]  # fmt: skip
+
+
+def test_the_shards_are_found_through_data_dir_once():
+    """--data_dir is read in one function, which opens the shards; everything after start-up
+    reads the Shards it returns (after --cache: the RAM copy). The benchmarks likewise."""
+    reads = data_dir_reads("train", "cfg")
     assert reads == [("train.main", "checked_shards")] * len(reads) and reads
+    reads = [r for r in data_dir_reads("train", "args") if r[0].startswith("train.bench")]
+    assert reads == [("train.bench.common", "bench_shards")]
 
 
 def test_train_main_reads_top_to_bottom_in_at_most_250_lines():

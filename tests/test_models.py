@@ -377,7 +377,7 @@ def test_torch_compile_runs_the_model(sd_mode):
 
 
 def test_python_m_models_prints_counts_flops_and_probabilities(capsys):
-    models_main(["--depth", "50", "--variant", "v1.5", "--sd-mode", "batch"])
+    models_main(["--depth", "50", "--variant", "v1.5", "--sd", "1", "--sd-mode", "batch"])
     out = capsys.readouterr().out
     assert "parameters: 25,557,032" in out
     gflops = float(out.split("GFLOPs at 224x224: ")[1].split()[0])
@@ -397,7 +397,7 @@ def test_python_m_models_prints_counts_flops_and_probabilities(capsys):
 
 def test_python_m_models_reports_bad_values_without_a_traceback():
     with pytest.raises(SystemExit, match=r"final_survival \(pL\) must be in \(0, 1\]"):
-        models_main(["--sd-mode", "batch", "--final-survival", "1.5"])
+        models_main(["--sd", "1", "--final-survival", "1.5"])
 
 
 @pytest.mark.parametrize("sd_mode", ["off", "batch"])

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from train.config import derive, parse_config
-from train.loop import Run, train_step
+from train.loop import train_step
 from train.model import standalone_run
 from train.optimizer import param_groups
+from train.state import Run
 
 NUM_CLASSES = 3
 

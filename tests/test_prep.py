@@ -362,7 +362,7 @@ def test_resume_after_kill_9_gives_identical_shards(tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "prep", str(tmp_path / "downloads"), str(out), "--shard-size", "4"]
     proc = subprocess.Popen(
-        [*cmd, "--workers", "1"],
+        [*cmd, "--processes", "1"],
         cwd=ROOT,
         start_new_session=True,  # its own process group: the kill takes the workers too
         stdout=subprocess.DEVNULL,
@@ -376,7 +376,7 @@ def test_resume_after_kill_9_gives_identical_shards(tmp_path):
     done = len(list((out / ".prep").glob("*-*.json")))
     assert 1 <= done < len(list(reference.glob("*.tar")))  # killed mid-run
     assert not (out / "manifest.json").exists()
-    result = subprocess.run([*cmd, "--workers", "2"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([*cmd, "--processes", "2"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "resuming" in result.stdout
     assert tree_bytes(out) == tree_bytes(reference)
@@ -411,7 +411,8 @@ def test_a_full_disk_is_a_clear_error_and_the_rerun_completes(tmp_path, tmpfs):
     root = tmp_path / "data"
     write_imagenet_like(root, num_classes=2, train_per_class=8, val_per_class=2)  # ~2 MB
     out = small_disk / "shards"
-    cmd = [sys.executable, "-m", "prep", str(root), str(out), "--shard-size", "2", "--workers", "1"]
+    cmd = [sys.executable, "-m", "prep", str(root), str(out), "--shard-size", "2"]
+    cmd += ["--processes", "1"]
     full = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert full.returncode == 2
     assert "No space left on device" in full.stderr and "Traceback" not in full.stderr

@@ -1,4 +1,4 @@
-"""train.stats, the comparison tool's statistics, against known cases and hand computations,
+"""train.compare.stats, the comparison tool's statistics, against known cases and hand computations,
 and train.compare's arms and seeds end to end on the digits."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from scipy import stats as scipy_stats
 
-from train.compare import main as compare_main
-from train.comparison import parse_arm
-from train.stats import (
+from train.compare.__main__ import main as compare_main
+from train.compare.arms import parse_arm
+from train.compare.stats import (
     Seeds,
     bootstrap_interval,
     larger_noise,
@@ -85,7 +85,7 @@ def test_arms_are_parsed_and_flags_compare_sets_are_refused(capsys):
         (["--arm", "a=--sd 0", "--arm", "a=--sd 1"], "--arm names must differ"),
         (["--arm", "a=--seed 3"], "--seed (in --arm a)"),
         (["--arm", "a b=--sd 0"], "NAME="),
-        (["--seeds", "0"], "--seeds must be at least 1"),
+        (["--seeds", "0"], "--seeds: must be a positive integer"),
     ):
         with pytest.raises(SystemExit):
             compare_main(argv)

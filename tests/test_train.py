@@ -231,6 +231,29 @@ def test_resume_with_another_architecture_is_refused(two_epochs, tiny_shards, ca
     assert "--blurpool False (now True)" in capsys.readouterr().err  # same keys, other network
 
 
+def test_a_checkpoint_of_a_format_this_code_does_not_read_is_refused(
+    two_epochs, tiny_shards, tmp_path, capsys
+):
+    """A last.pt of another format (format 99, or none: the code before formats were
+    numbered) stops resume and evaluate with one line naming the format this code reads."""
+    from train.evaluate import main as evaluate_main
+
+    saved = checkpoint.load(two_epochs / "last.pt")
+    assert saved["format"] == checkpoint.FORMAT
+    for other, said in ((99, "format 99"), (None, "format 1")):
+        out = tmp_path / f"format-{other}"
+        out.mkdir()
+        state = {k: v for k, v in saved.items() if k != "format"}
+        checkpoint.save(out / "last.pt", state if other is None else state | {"format": other})
+        assert run_main(tiny_shards, out, "--epochs", "3") == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err
+        assert f"this code reads format {checkpoint.FORMAT} only" in err
+        argv = ["--data_dir", str(tiny_shards), "--weights", str(out / "last.pt")]
+        assert evaluate_main(argv) == 2
+        assert said in capsys.readouterr().err
+
+
 def test_a_non_finite_loss_stops_cleanly_and_keeps_good_checkpoints(tiny_shards, tmp_path, capsys):
     out = tmp_path / "nan"
     assert run_main(tiny_shards, out, "--epochs", "1") == 0
@@ -248,70 +271,51 @@ def test_a_non_finite_loss_stops_cleanly_and_keeps_good_checkpoints(tiny_shards,
     assert all(torch.isfinite(v).all() for v in after["model"].values() if v.is_floating_point())
 
 
-# The last commit whose trainer was one train/main.py, before it was split into modules.
-BEFORE_THE_SPLIT = "3f1884f"
-# Runs the trainer of the code on PYTHONPATH and sends itself SIGTERM as the loader hands over
-# batch STOP_AT of epoch STOP_EPOCH (0-based): a mid-epoch stop at a known batch.
-STOP_DRIVER = """
-import os, signal, sys
-import train.main as trainer
-stop_epoch, stop_at = int(sys.argv[1]), int(sys.argv[2])
-make_loader = trainer.make_loader
-class Stopping:
-    def __init__(self, loader):
-        self.loader = loader
-    def __len__(self):
-        return len(self.loader)
-    def __iter__(self):
-        for i, batch in enumerate(self.loader):
-            if i == stop_at:
-                os.kill(os.getpid(), signal.SIGTERM)
-            yield batch
-def stopping_loader(*args, **kwargs):
-    loader = make_loader(*args, **kwargs)
-    return Stopping(loader) if kwargs.get("epoch") == stop_epoch else loader
-trainer.make_loader = stopping_loader
-sys.exit(trainer.main(sys.argv[3:]))
-"""
+# A commit of the code before checkpoints carried a format (their layout is format 1).
+UNNUMBERED_FORMAT_COMMIT = "3f1884f"
 
 
-def code_before_the_split(into: Path) -> Path:
+def code_of(commit: str, into: Path) -> Path:
     try:
         archive = subprocess.run(
-            ["git", "archive", BEFORE_THE_SPLIT, "models", "prep", "train"],
+            ["git", "archive", commit, "models", "prep", "train"],
             cwd=ROOT, capture_output=True, check=True,
         ).stdout  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
-        pytest.skip(f"needs the git history: commit {BEFORE_THE_SPLIT} is not in this clone")
+        pytest.skip(f"needs the git history: commit {commit} is not in this clone")
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
     return into
 
 
 @pytest.mark.slow
-def test_a_mid_epoch_checkpoint_of_the_code_before_the_split_resumes_exactly(
-    two_epochs, tiny_shards, tmp_path
+def test_a_checkpoint_of_another_format_is_refused_in_one_line(
+    two_epochs, tiny_shards, tmp_path, capsys
 ):
-    """last.pt files written before train/main.py was split into modules still resume, and
-    the run ends as an uninterrupted run of today's code does."""
-    old = code_before_the_split(tmp_path / "old")
-    assert (old / "train/main.py").is_file() and not (old / "train/model.py").exists()
-    (tmp_path / "stop.py").write_text(STOP_DRIVER)
+    """last.pt of the code before formats were numbered is refused by resume and by
+    evaluate, each in one line naming the format this code reads; today's last.pt carries
+    its format and loads with a plain torch.load (weights_only, torch's default)."""
+    old = code_of(UNNUMBERED_FORMAT_COMMIT, tmp_path / "old")
     out = tmp_path / "old-run"
-    flags = ["--data_dir", str(tiny_shards), "--out", str(out), *FAST]
-    flags += ["--epochs", "2", "--log_every", "1", "--sd", "1"]  # as two_epochs was run
-    stopped = subprocess.run(
-        [sys.executable, str(tmp_path / "stop.py"), "1", "1", *flags],
-        env={**os.environ, "PYTHONPATH": str(old)}, capture_output=True, text=True, timeout=600,
+    flags = ["--data_dir", str(tiny_shards), "--out", str(out), *FAST, "--epochs", "1"]
+    trained = subprocess.run(
+        [sys.executable, "-m", "train", *flags], cwd=tmp_path, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(old)}, timeout=600,
     )  # fmt: skip
-    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stdout + stopped.stderr
-    saved = checkpoint.load(out / "last.pt")
-    assert (saved["epoch"], saved["batches_done"]) == (1, 2) and len(saved["history"]) == 1
-    assert main(flags) == 0  # today's code resumes it
-    assert comparable(history(out)) == comparable(history(two_epochs))
-    a, b = checkpoint.load(out / "last.pt"), checkpoint.load(two_epochs / "last.pt")
-    for k in b["model"]:
-        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    assert "format" not in checkpoint.load(out / "last.pt")
+    capsys.readouterr()
+    assert main([*flags, "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "checkpoint of format 1" in err, err
+    assert f"reads format {checkpoint.FORMAT} only" in err
+    from train.evaluate import main as evaluate_main
+
+    weights = ["--weights", str(out / "last.pt"), "--data_dir", str(tiny_shards)]
+    assert evaluate_main([*weights, "--device", "cpu", "--workers", "2"]) == 2
+    assert "checkpoint of format 1" in capsys.readouterr().err
+    plain = torch.load(two_epochs / "last.pt")  # no allowlist, no weights_only=False
+    assert plain["format"] == checkpoint.FORMAT and plain["epoch"] == 2
 
 
 @pytest.mark.slow
@@ -442,7 +446,7 @@ def test_a_stop_after_an_epochs_last_batch_resumes_into_its_evaluation(tiny_shar
         batches_done=batches,
         history=[],
         best_top1=-1.0,
-        totals=torch.tensor(totals, dtype=torch.float32),
+        totals=torch.tensor([totals], dtype=torch.float32),  # (ranks, 3)
         seconds=row["epoch_seconds"],
     )
     state["config"]["epochs"] = 2

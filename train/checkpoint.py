@@ -1,14 +1,18 @@
 """Checkpoints: what last.pt and best.pt hold (weights, their average with --ema, optimizer,
 scaler, the run's progress, every RNG state, the config), written under a temporary name and
 renamed, so that a resumed run continues exactly where the saved one stopped; and loading
-them safely."""
+them safely. Only tensors, numbers, strings and containers go in, so a plain
+`torch.load("last.pt")` (weights_only, torch's default) reads one.
+
+A checkpoint carries its format: the number of the layout below. This code reads FORMAT
+only, and refuses another in one line; there is no fallback for older layouts."""
 
 from __future__ import annotations
 
 import os
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,27 +22,21 @@ from prep.atomic import atomic_file, remove_temporaries
 from prep.provenance import code_version
 from train.config import to_dict
 from train.logs import say
-from train.loop import Run
+from train.state import Progress, Run
+
+FORMAT = 2  # the layout training_state writes; a change to it gets the next number
+# Checkpoints written before formats were numbered (until 2026-12-03) are format 1.
+UNNUMBERED = 1
 
 
-@dataclass(frozen=True)
-class Progress:
-    """How far a run has come: what a checkpoint holds besides the training state. Frozen:
-    each step of the run makes a new one (dataclasses.replace)."""
-
-    epoch: int = 0  # epochs completed, or the epoch in progress when batches_done > 0
-    batches_done: int = 0  # of that epoch in progress
-    totals: torch.Tensor | None = None  # its running (loss sum, correct, samples) per rank
-    seconds: float = 0.0  # its training seconds so far
-    history: tuple[dict, ...] = ()  # a row per finished epoch
-    best_top1: float = -1.0
-    best_weights: str = "live"  # which weights scored best_top1: live, or ema (the average)
-    run_seconds: float = 0.0  # the run clock when it was saved (Run.run_seconds)
+class CheckpointError(Exception):
+    """A checkpoint of another format than this code reads."""
 
 
-def training_state(run: Run, progress: Progress, num_classes: int) -> dict:
+def training_state(run: Run, progress: Progress) -> dict:
     """last.pt and best.pt: everything a resumed run needs to continue exactly."""
     return {
+        "format": FORMAT,
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict(),
@@ -53,17 +51,17 @@ def training_state(run: Run, progress: Progress, num_classes: int) -> dict:
         "ema": None if run.ema is None else run.ema.model.state_dict(),
         "rng": rng_state(run.model),
         "config": to_dict(run.cfg),
-        "num_classes": num_classes,
+        "num_classes": run.num_classes,
         "code_version": code_version(),
     }
 
 
-def save_training(out: Path, run: Run, progress: Progress, num_classes: int, best: bool) -> bool:
+def save_training(run: Run, progress: Progress, best: bool) -> bool:
     """OUT/last.pt, and OUT/best.pt too when `best`. A failed write (a full disk) leaves the
     previous files as they were and says so: the run goes on. Whether both were saved."""
-    state = training_state(run, progress, num_classes)
+    state = training_state(run, progress)
     run.saved_at = time.monotonic()
-    for path in [out / "last.pt"] + ([out / "best.pt"] if best else []):
+    for path in [run.out / "last.pt"] + ([run.out / "best.pt"] if best else []):
         try:
             save(path, state)
         except OSError as e:
@@ -77,22 +75,16 @@ def save_training(out: Path, run: Run, progress: Progress, num_classes: int, bes
 
 
 def save_position(
-    out: Path,
-    run: Run,
-    progress: Progress,
-    epoch: int,
-    num_classes: int,
-    batches_done: int,
-    totals: torch.Tensor,
+    run: Run, progress: Progress, epoch: int, batches_done: int, totals: torch.Tensor,
     seconds: float,
-) -> None:
+) -> None:  # fmt: skip
     """--checkpoint_every_minutes: last.pt at this batch of the epoch (rank 0 writes it, and
     its clock restarts there)."""
     position = replace(
         progress, epoch=epoch, batches_done=batches_done, totals=totals, seconds=seconds
     )
     if run.d.rank == 0:
-        save_training(out, run, position, num_classes, best=False)
+        save_training(run, position, best=False)
 
 
 def remove_stale_temporaries(out: Path) -> None:
@@ -103,7 +95,7 @@ def remove_stale_temporaries(out: Path) -> None:
 def rng_state(model) -> dict:
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": numpy_rng_state(),
         "torch": torch.get_rng_state(),
         "stochastic_depth": model.sd_rng_state(),
     }
@@ -112,12 +104,18 @@ def rng_state(model) -> dict:
     return state
 
 
+def numpy_rng_state() -> tuple:
+    """NumPy's global RNG state with its key array as a list: no NumPy object in the file."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return name, keys.tolist(), position, has_gauss, cached
+
+
 def set_rng_state(state: dict, model) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     model.set_sd_rng_state(state["stochastic_depth"])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda" in state and torch.cuda.is_available():  # saved where a GPU was
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
@@ -133,14 +131,34 @@ def save(path: str | os.PathLike, checkpoint: dict) -> None:
 
 
 def numpy_array_globals() -> list:
-    """What unpickling a NumPy array needs (our checkpoints hold NumPy's RNG state), and no
-    more: the allowlist PyTorch documents for loading such files with weights_only=True."""
+    """What unpickling a NumPy array needs, and no more (the allowlist PyTorch documents for
+    weights_only=True): format 1 held NumPy's RNG state as an array, and must load far
+    enough to be refused by its format."""
     core = getattr(np, "_core", None) or np.core  # NumPy 2 renamed numpy.core
     return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def load(path: str | os.PathLike):
     """A checkpoint of ours, or any file of tensors (a torchvision .pth), without running
-    code from the file: tensors, numbers, strings, containers and NumPy arrays only."""
+    code from the file: tensors, numbers, strings and containers (and NumPy arrays)."""
     with torch.serialization.safe_globals(numpy_array_globals()):
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def is_training_state(loaded) -> bool:
+    """Whether a loaded file is one of our checkpoints (last.pt, best.pt), of any format."""
+    return (
+        isinstance(loaded, dict) and isinstance(loaded.get("config"), dict) and ("model" in loaded)
+    )
+
+
+def check_format(ckpt: dict, path: str | os.PathLike) -> dict:
+    """The checkpoint, when it is of the format this code reads; else CheckpointError."""
+    found = ckpt.get("format", UNNUMBERED)
+    if found != FORMAT:
+        raise CheckpointError(
+            f"{path} is a checkpoint of format {found}, written by another version of this "
+            f"project; this code reads format {FORMAT} only: train anew (another --out, or "
+            "--resume none); its weights are torch.load(path, weights_only=False)['model']"
+        )
+    return ckpt

@@ -1,22 +1,27 @@
 """The trainer's configuration: one typed dataclass, from which the CLI is generated.
 
-The flags keep the seed's names (--data_dir, --sd, --pL, --batch, ...). The config is read
-once and never mutated: derived values (learning rate, per-rank batch, precision, device)
-live in `Derived`.
+The flags keep the seed's names (--data_dir, --sd, --pL, --batch, ...). Each field is one
+flag's declaration: its type (read from the annotation), default and help; the model's flags
+(--depth, --variant, --sd, --sd_mode, --pL, --blurpool, --image_size) are declared in
+models/flags.py, which `python -m models` shares. Other commands that take a trainer flag add
+it from here (`train_flags`), so it has the same name, default, choices and help everywhere.
+The config is read once and never mutated: derived values (learning rate, per-rank batch,
+precision, device) live in `Derived`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
+import types
+import typing
 from dataclasses import dataclass, field, fields
+from functools import cache
 
 import torch
 
-from models import SD_MODES, STAGE_BLOCKS, VARIANTS
-from prep.flags import FlagParser
-from train.data import DEFAULT_THREADS, PipelineKnobs, default_val_resize
+from models.flags import BLURPOOL, DEPTH, IMAGE_SIZE, PL, SD, SD_MODE, VARIANT, Flag, FlagParser
+from train.data import DEFAULT_THREADS, PipelineKnobs, dali_threads, default_val_resize
 from train.recipes import RAMP_FRACTIONS, RECIPES, recipe_help
 
 DEFAULT_WARMUP_EPOCHS = 5.0
@@ -33,41 +38,39 @@ class ConfigError(Exception):
     """An impossible flag or flag combination, reported before any heavy work."""
 
 
-def opt(default, help: str, **extra):
-    return field(default=default, metadata={"help": help, **extra})
+def opt(default, help: str, choices=None):
+    """A trainer flag declared by its field: its type is the field's annotation."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def declared(flag: Flag):
+    """A field whose flag is declared elsewhere (the model's, in models/flags.py)."""
+    return field(default=flag.default, metadata={"flag": flag})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     recipe: str = opt(
         "seed", f"named recipe, any flag given overrides its values: {recipe_help()}",
-        choices=list(RECIPES),
+        choices=tuple(RECIPES),
     )  # fmt: skip
     # data and output
     data_dir: str = opt("shards", "shards folder written by `make shards` (not raw ImageNet)")
     out: str = opt("results/imagenet", "output folder: checkpoints, history, summary, TensorBoard")
     # model
-    depth: int = opt(50, "ResNet depth", choices=sorted(STAGE_BLOCKS))
-    variant: str = opt(
-        "preact", "preact (pre-activation) or v1.5 (torchvision's)", choices=VARIANTS
-    )
-    sd: int = opt(0, "stochastic depth: 1 on, 0 off", choices=[0, 1])
-    sd_mode: str = opt(
-        "batch",
-        "batch: the paper's, one draw per block per step, dropped blocks not computed (faster); "
-        "sample: per-sample drop path",
-        choices=[m for m in SD_MODES if m != "off"],
-    )
-    pL: float = opt(0.5, "survival probability of the last block, in (0, 1]")
-    blurpool: bool = opt(
-        False,
-        "FFCV's BlurPool: a fixed 3x3 binomial low-pass filter before every strided convolution "
-        "with 16 input channels or more (parameter-free: the state_dict keys are torchvision's, "
-        "the function is not)",
-    )
+    depth: int = declared(DEPTH)
+    variant: str = declared(VARIANT)
+    sd: int = declared(SD)
+    sd_mode: str = declared(SD_MODE)
+    pL: float = declared(PL)
+    blurpool: bool = declared(BLURPOOL)
     # schedule and optimizer
     epochs: int = opt(120, "training epochs")
-    batch: int = opt(256, "global batch size, split over ranks (and --accum micro-batches)")
+    batch: int = opt(
+        256,
+        "global batch: images per step over all processes (training: split over the ranks, "
+        "and over --accum micro-batches)",
+    )
     lr: float | None = opt(
         None,
         "peak learning rate (default with sgd: 0.1 x batch / 256, or the recipe's own per 256 "
@@ -122,15 +125,17 @@ class TrainConfig:
         "to 0 after normalisation, before mixing: torchvision's RandomErasing; 0 = off",
     )
     # speed
-    no_mixed_precision: bool = opt(False, "train in float32 (default on a GPU: mixed precision)")
+    mixed_precision: bool = opt(
+        True, "on a GPU, autocast to --amp_dtype (the CPU computes in float32 always)"
+    )
     amp_dtype: str = opt(
-        "bf16", "mixed-precision type: bf16, or fp16 with a GradScaler", choices=["bf16", "fp16"]
+        "bf16", "mixed-precision type: bf16, or fp16 with a GradScaler", choices=("bf16", "fp16")
     )
     channels_last: bool | None = opt(None, "channels_last memory format (default: on a GPU)")
     compile: bool = opt(False, "torch.compile the model")
     accum: int = opt(1, "gradient accumulation: micro-batches per optimizer step")
     checkpoint_activations: bool = opt(False, "recompute block activations in backward (memory)")
-    image_size: int = opt(224, "training crop size (without --min_res), and the default --val_res")
+    image_size: int = declared(IMAGE_SIZE)
     min_res: int | None = opt(
         None,
         "progressive resizing: train at this resolution first (FFCV's rule: min_res up to "
@@ -161,7 +166,12 @@ class TrainConfig:
         "val_res / 0.875, 256 for 224; torchvision's 80.9% weights: 232 for 224)",
     )
     tta: bool = opt(False, "evaluation averages the logits of each image and its mirror image")
-    ema: bool = opt(False, "also keep and evaluate an exponential moving average of the weights")
+    ema: bool = opt(
+        False,
+        "the exponential moving average of the weights: the trainer keeps it and evaluates it "
+        "beside the live weights; train.evaluate scores a checkpoint's average instead of its "
+        "live weights",
+    )
     ema_halflife: float = opt(
         1.0, "--ema: half-life of the average in epochs (independent of batch size and GPUs)"
     )
@@ -170,7 +180,11 @@ class TrainConfig:
         "--ema: update the average every N optimizer steps (torchvision: 32), each update "
         "worth N steps' decay, so that --ema_halflife alone sets what is averaged",
     )
-    workers: int = opt(DEFAULT_THREADS, "DALI CPU threads per rank")
+    workers: int | None = opt(
+        None,
+        f"DALI CPU threads per process (default: the machine's CPU cores, at most "
+        f"{DEFAULT_THREADS})",
+    )
     cache: bool = opt(False, "copy the shards to RAM disk (/dev/shm) first, when they fit")
     # run control
     seed: int = opt(42, "seed of weights, data order, augmentation and stochastic depth")
@@ -223,6 +237,7 @@ class Derived:
     device: torch.device
     lr: float
     micro_batch: int  # per rank, per micro-step
+    workers: int  # DALI CPU threads of this process
     amp: bool
     amp_dtype: torch.dtype
     channels_last: bool
@@ -245,62 +260,64 @@ def fitted_warmup_epochs(cfg: TrainConfig) -> float:
     return min(DEFAULT_WARMUP_EPOCHS, cfg.epochs / 4)
 
 
-def add_flag(p, name: str, default, kind: str, help: str, choices=None) -> None:
-    """One flag in the seed's style: --name VALUE; booleans as --name or --no_name."""
-    help = help.replace("%", "%%")  # argparse formats help strings with %
-    if kind == "bool" and default:
-        p.add_argument(f"--no_{name}", dest=name, action="store_false", help=f"turn off: {help}")
-    elif kind == "bool" and any(name in r.values for r in RECIPES.values()):
-        p.add_argument(f"--{name}", action="store_true", help=help)
-        p.add_argument(f"--no_{name}", dest=name, action="store_false", help="turn off")
-    elif kind == "bool":
-        p.add_argument(f"--{name}", action="store_true", help=help)
-    elif kind == "bool | None":  # tri-state: None lets the device decide
-        p.add_argument(f"--{name}", action="store_const", const=True, default=None, help=help)
-        p.add_argument(
-            f"--no_{name}", dest=name, action="store_const", const=False, help="turn off"
-        )
-    else:
-        types = {"int": int, "float": float, "str": str}
-        types |= {f"{k} | None": v for k, v in types.items()}
-        p.add_argument(f"--{name}", type=types[kind], default=default, choices=choices, help=help)
+def flag_type(annotation) -> type:
+    """int for `int` and `int | None`: the type a flag's text converts to."""
+    if isinstance(annotation, types.UnionType):
+        (kind,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return kind
+    return annotation
 
 
-def build_parser() -> argparse.ArgumentParser:
+def field_flags(cls) -> list[Flag]:
+    """The flags of a dataclass's fields (TrainConfig's, PipelineKnobs'), in field order: a
+    field's own declaration (help, choices, its annotated type), or the one it names."""
+    hints = typing.get_type_hints(cls)
+    flags = []
+    for f in fields(cls):
+        if f.name == "dali":
+            continue
+        flag = f.metadata.get("flag")
+        if flag is None:
+            choices = f.metadata.get("choices")
+            kind = flag_type(hints[f.name])
+            flag = Flag(f.name, kind, f.default, f.metadata["help"], choices and tuple(choices))
+        elif (flag.type, flag.default) != (flag_type(hints[f.name]), f.default):
+            raise TypeError(f"{cls.__name__}.{f.name} does not match its flag --{flag.name}")
+        flags.append(flag)
+    return flags
+
+
+@cache
+def train_flags() -> dict[str, Flag]:
+    """Every trainer flag by name, the DALI knobs included: what other commands add."""
+    return {f.name: f for f in field_flags(TrainConfig) + field_flags(PipelineKnobs)}
+
+
+def build_parser() -> FlagParser:
     p = FlagParser(
         prog="python -m train",
+        usage="python -m train [--flag VALUE ...]",
         description="Train ResNet-50/101/152 with or without stochastic depth on ImageNet shards "
         "(DALI input, AMP, DDP). One process: python -m train ...; several GPUs: torchrun "
         "--nproc_per_node=N -m train ... Rerunning with the same --out resumes.",
     )
-    for f in fields(TrainConfig):
-        if f.name != "dali":
-            add_flag(p, f.name, f.default, f.type, f.metadata["help"], f.metadata.get("choices"))
-    group = p.add_argument_group("DALI pipeline knobs")
-    for f in fields(PipelineKnobs):
-        add_flag(group, f.name, f.default, f.type, f.metadata["help"], f.metadata.get("choices"))
+    p.add(*field_flags(TrainConfig))
+    p.add(*field_flags(PipelineKnobs), group=p.add_argument_group("DALI pipeline knobs"))
     return p
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    """The flags, on top of the chosen recipe's values, on top of the defaults."""
-    first = FlagParser(add_help=False)
-    first.add_argument("--recipe", choices=list(RECIPES), default="seed")
-    recipe, _ = first.parse_known_args(argv)
-    chosen = RECIPES[recipe.recipe]
+    """The flags given, on top of the chosen recipe's values, on top of the defaults."""
     parser = build_parser()
-    parser.set_defaults(**chosen.values)
     args = vars(parser.parse_args(argv))
-    if chosen.epoch_shares:  # the recipe's shares of the run, for the flags not given
-        given = build_parser()
-        for action in given._actions:
-            action.default = argparse.SUPPRESS  # a flag not on the command line: absent
-        named = vars(given.parse_args(argv))
-        for name, share in chosen.epoch_shares.items():
-            if name not in named:
-                args[name] = share * args["epochs"]
-    knob_names = {f.name for f in fields(PipelineKnobs)}
-    knobs = {k: args.pop(k) for k in list(args) if k in knob_names}
+    recipe = RECIPES[args["recipe"]]
+    for name, value in recipe.values.items():
+        if name not in parser.given:
+            args[name] = value
+    for name, share in recipe.epoch_shares.items():  # shares of the run: value = share x epochs
+        if name not in parser.given:
+            args[name] = share * args["epochs"]
+    knobs = {f.name: args.pop(f.name) for f in fields(PipelineKnobs)}
     return TrainConfig(**args, dali=PipelineKnobs(**knobs))
 
 
@@ -332,7 +349,7 @@ def check(cfg: TrainConfig, world_size: int, other_problems: list[str] | None = 
         problems.append("--weight_decay and --momentum must be >= 0")
     if cfg.nesterov and cfg.momentum == 0:
         problems.append("--nesterov needs --momentum > 0")
-    if cfg.eval_every < 1 or cfg.log_every < 1 or cfg.workers < 1:
+    if cfg.eval_every < 1 or cfg.log_every < 1 or (cfg.workers or 1) < 1:
         problems.append("--eval_every, --log_every and --workers must be positive")
     problems += resolution_problems(cfg)
     problems += schedule_problems(cfg)
@@ -502,7 +519,7 @@ def derive(cfg: TrainConfig, rank: int, world_size: int, local_rank: int) -> Der
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     on_gpu = device.type == "cuda"
-    amp = on_gpu and not cfg.no_mixed_precision  # CPU runs in float32
+    amp = on_gpu and cfg.mixed_precision  # CPU runs in float32
     amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bf16" else torch.float16
     if amp and amp_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         amp_dtype = torch.float16  # pre-Ampere GPUs: fp16 with a GradScaler
@@ -522,6 +539,7 @@ def derive(cfg: TrainConfig, rank: int, world_size: int, local_rank: int) -> Der
         device=device,
         lr=cfg.lr if cfg.lr is not None else RECIPES[cfg.recipe].default_lr(cfg.batch),
         micro_batch=cfg.batch // (world_size * cfg.accum),
+        workers=dali_threads(cfg.workers),
         amp=amp,
         amp_dtype=amp_dtype,
         channels_last=on_gpu if cfg.channels_last is None else cfg.channels_last,
@@ -542,9 +560,7 @@ def to_dict(cfg: TrainConfig) -> dict:
 
 
 def from_dict(d: dict) -> TrainConfig:
-    """The config recorded in a checkpoint or config.json; fields that this version does not
-    know (a checkpoint of another version) are left out."""
-    known = {f.name for f in fields(TrainConfig)} - {"dali"}
-    knobs = {f.name for f in fields(PipelineKnobs)}
-    dali = PipelineKnobs(**{k: v for k, v in d.get("dali", {}).items() if k in knobs})
-    return TrainConfig(**{k: v for k, v in d.items() if k in known}, dali=dali)
+    """The config recorded in a checkpoint or config.json (of this checkpoint format)."""
+    return TrainConfig(
+        **{k: v for k, v in d.items() if k != "dali"}, dali=PipelineKnobs(**d["dali"])
+    )

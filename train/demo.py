@@ -4,20 +4,23 @@ scikit-learn's handwritten digits become an ImageNet-style folder tree (prep.dig
 turns it into shards, and train.compare (run as a process) trains the baseline and the
 stochastic-depth ResNet-50 at 32x32 (on the GPU when there is one, else the CPU) and prints
 the comparison.
-About 4 minutes on a 2-core CPU. Rerunning continues or skips what is done.
+A few minutes on a CPU (docs/results.md has the measured times). Rerunning continues or skips
+what is done.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+from models.flags import Flag, FlagParser
 from prep.build import PrepOptions, build
 from prep.digits import write_digits
-from prep.flags import FlagParser
+from prep.flags import PROCESSES
+from train.config import train_flags
+from train.data import DaliMissing, require_dali
 
 TARGET_TOP1 = 0.90
 # Digits are 32x32 and centred: milder crops than ImageNet's, and no flips (a mirrored 3 is
@@ -29,28 +32,33 @@ TRAIN_FLAGS = [
 ]  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
+OUT = Flag("out", str, "results/demo", "where the data, the shards and the runs go")
+
+
+def build_parser() -> FlagParser:
     p = FlagParser(prog="python -m train.demo", description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="results/demo", help="where the data, shards and runs go")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=os.cpu_count(),
-        help="DALI CPU threads of every run (and prep's worker processes)",
-    )
-    args = p.parse_args(argv)
+    p.add(OUT, train_flags()["workers"], PROCESSES)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        require_dali()
+    except DaliMissing as e:
+        print(f"python -m train.demo: error: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     data, shards, runs = out / "data", out / "shards", out / "compare"
     if not (data / "val").is_dir():
         counts = write_digits(data)
         print(f"demo: wrote {counts['train']} train and {counts['val']} val digit images to {data}")
-    build(data, shards, PrepOptions(), workers=args.workers)
+    build(data, shards, PrepOptions(), workers=args.processes)
     # train.compare in a process of its own: an entry point is run, not imported
     compare = [sys.executable, "-m", "train.compare", "--data_dir", str(shards), "--out"]
+    workers = ["--workers", str(args.workers)] if args.workers else []
     try:
-        code = subprocess.run(
-            [*compare, str(runs), "--workers", str(args.workers), *TRAIN_FLAGS]
-        ).returncode
+        code = subprocess.run([*compare, str(runs), *workers, *TRAIN_FLAGS]).returncode
     except KeyboardInterrupt:  # compare and its trainers got the Ctrl-C too, and saved
         print("demo: interrupted; rerun make demo to continue")
         return 130

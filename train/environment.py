@@ -122,6 +122,18 @@ def peer_failure(error: BaseException) -> str | None:
     return found[0] if found else None
 
 
+def peer_failure_line(error: BaseException, d_rank: int, timeout_minutes: float) -> str | None:
+    """The one line a rank prints when a peer's failure ended its run (None: not that)."""
+    what = peer_failure(error)
+    if what is None:
+        return None
+    return (
+        f"train: error: rank {d_rank}: {what} (--dist_timeout_minutes {timeout_minutes:g}); "
+        "under torchrun --max_restarts the group restarts and resumes from last.pt, else rerun "
+        "the same command"
+    )
+
+
 def replicas_identical(model: torch.nn.Module) -> bool:
     """Whether every rank holds the same weights: per-tensor float64 sums, min == max."""
     sums = torch.stack([p.detach().double().sum() for p in model.parameters()])

@@ -25,24 +25,37 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from models import STAGE_BLOCKS, VARIANTS, build_resnet
+from models import STAGE_BLOCKS, build_resnet
+from models.flags import Flag, FlagParser
 from prep.atomic import atomic_file, write_atomic
-from prep.flags import FlagParser
+from prep.flags import JSON
 from prep.provenance import code_version, machine_facts
 from train import checkpoint
-from train.config import ConfigError, Derived, TrainConfig, check, derive, from_dict
-from train.data import DEFAULT_THREADS, make_loader
+from train.checkpoint import CheckpointError
+from train.config import (
+    ConfigError,
+    Derived,
+    TrainConfig,
+    check,
+    derive,
+    from_dict,
+    train_flags,
+)
+from train.data import DaliMissing, make_loader, require_dali
 from train.environment import dist_env, end_process_group, start_process_group
 from train.inputs import loader_kwargs
 from train.loop import evaluate
-from train.real_labels import RealLabelsError, read_real_labels, real_accuracy, real_correct
+from train.real_labels import (
+    REAL_LABELS,
+    RealLabelsError,
+    read_real_labels,
+    real_accuracy,
+    real_correct,
+)
 from train.shards import Shards, ShardsError, open_shards
 
 # Prefixes that wrappers leave on parameter names: DDP's module, torch.compile's _orig_mod.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-# What an evaluation takes from a checkpoint's training config unless a flag says otherwise.
-FROM_TRAINING = ("val_res", "val_resize", "tta", "amp_dtype", "no_mixed_precision")
-BATCH_PER_PROCESS = 100  # the default --batch, per process
 
 
 class EvaluateError(Exception):
@@ -104,8 +117,8 @@ def read_weights(path: Path, depth: int | None, variant: str | None, ema: bool) 
         raise EvaluateError(
             f"--weights {path}: not a checkpoint or state_dict that loads safely ({first})"
         ) from None
-    if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict) and "model" in loaded:
-        return checkpoint_weights(loaded, path, depth, variant, ema)
+    if checkpoint.is_training_state(loaded):
+        return checkpoint_weights(checkpoint.check_format(loaded, path), path, depth, variant, ema)
     if ema:
         raise EvaluateError(
             f"--ema: {path} is a bare state_dict; averaged weights come in this project's "
@@ -129,12 +142,12 @@ def checkpoint_weights(
             f"--weights {path} is one of our checkpoints of another model: "
             f"{', '.join(clash)}; drop those flags"
         )
-    if ema and loaded.get("ema") is None:
+    if ema and loaded["ema"] is None:
         raise EvaluateError(
             f"--ema: {path} holds no averaged weights (its run was trained without --ema); "
             "drop --ema to evaluate its weights"
         )
-    epoch, batches = loaded.get("epoch", 0), loaded.get("batches_done", 0)
+    epoch, batches = loaded["epoch"], loaded["batches_done"]
     when = f"in epoch {epoch + 1}, batch {batches}" if batches else f"after epoch {epoch}"
     return Weights(
         unwrap(loaded["ema" if ema else "model"]),
@@ -188,28 +201,28 @@ def split_images(shards: Shards, split: str) -> int:
     return images
 
 
-def eval_config(args: argparse.Namespace, weights: Weights, world_size: int) -> TrainConfig:
+def eval_config(args: argparse.Namespace, weights: Weights) -> TrainConfig:
     """The trainer's config for this evaluation: the checkpoint's (or the defaults), with the
-    flags given here on top. --image_size without --val_res sets the crop, as in the
-    trainer, where --val_res defaults to --image_size."""
+    evaluation flags given here on top. --image_size without --val_res sets the crop, as in
+    the trainer, where --val_res defaults to --image_size."""
     base = from_dict(weights.config) if weights.config else TrainConfig()
-    if args.blurpool and weights.config is not None and not base.blurpool:
+    given = args.given
+    if "blurpool" in given and weights.config is not None and args.blurpool != base.blurpool:
         raise EvaluateError(
-            f"--blurpool: {args.weights} is a checkpoint of a run without BlurPool; drop "
-            "--blurpool (it is for bare state_dicts: a checkpoint knows its own)"
+            f"--{'' if args.blurpool else 'no_'}blurpool: {args.weights} is a checkpoint of a "
+            f"run {'without' if args.blurpool else 'with'} BlurPool; drop the flag (it is for "
+            "bare state_dicts: a checkpoint knows its own)"
         )
-    given = {k: getattr(args, k) for k in FROM_TRAINING if getattr(args, k) is not None}
-    if args.image_size is not None and args.val_res is None:
-        given["val_res"] = args.image_size
-    if "val_res" in given and args.val_resize is None:
-        given["val_resize"] = None  # another crop: its own default shorter side
-    if args.blurpool:
-        given["blurpool"] = True
+    changed = {k: getattr(args, k) for k in FROM_TRAINING if k in given}
+    if "image_size" in given and "val_res" not in given:
+        changed["val_res"] = args.image_size
+    if "val_res" in changed and "val_resize" not in given:
+        changed["val_resize"] = None  # another crop: its own default shorter side
     return dataclasses.replace(
         base,
-        **given,
+        **changed,
         data_dir=args.data_dir,
-        batch=args.batch if args.batch is not None else BATCH_PER_PROCESS * world_size,
+        batch=args.batch,
         accum=1,
         optimizer="sgd",  # an evaluation steps no optimizer: its LR and LARS checks are moot
         lr=None,
@@ -232,128 +245,77 @@ def gather_rows(parts: list[tuple[torch.Tensor, torch.Tensor]], world_size: int)
     return torch.cat([e[0] for e in everything]), torch.cat([e[1] for e in everything])
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+WEIGHTS = Flag(
+    "weights",
+    str,
+    None,
+    "one of this project's checkpoints (best.pt, last.pt) or a bare state_dict (torchvision's "
+    "resnet50/101/152 .pth, or our model saved alone)",
+    metavar="FILE",
+    required=True,
+)
+SPLIT = Flag(
+    "split",
+    str,
+    "val",
+    "the split of the shards to evaluate: val, or an evaluation set added to the shards folder "
+    "(e.g. imagenetv2)",
+)
+LOGITS = Flag(
+    "logits",
+    str,
+    None,
+    "write every image's logits, label and key (its file name stem), in the shards' order, and "
+    "the split, to this .npz file (with --real_labels: each image's ReaL top-1 too, "
+    "real_correct: 1 right, 0 wrong, -1 unlabelled)",
+    metavar="FILE",
+)
+# How the images are evaluated: as the checkpoint's run evaluated unless given here.
+FROM_TRAINING = ("val_res", "val_resize", "tta", "amp_dtype", "mixed_precision")
+
+
+def build_parser() -> FlagParser:
     p = FlagParser(
         prog="python -m train.evaluate",
         description="Top-1, top-5 and loss of a checkpoint (best.pt, last.pt) or a bare "
         "state_dict (torchvision's resnet50/101/152 .pth) on the val shards, through the "
-        "trainer's own DALI val pipeline. Several GPUs: torchrun --nproc_per_node=N -m "
-        "train.evaluate ...",
+        "trainer's own DALI val pipeline. A checkpoint knows its network (depth, variant, "
+        "BlurPool) and how its run evaluated (--val_res, --val_resize, --tta, precision): "
+        "those flags, given, override the latter only; a bare state_dict is fitted to "
+        "--depth and, unless given, whichever --variant its keys fit (torchvision's v1.5 "
+        "first). --batch is global, split over the processes. --ema scores a checkpoint's "
+        "averaged weights. Several GPUs: torchrun --nproc_per_node=N -m train.evaluate ...",
     )
-    p.add_argument("--data_dir", default="shards", help="shards folder written by make shards")
-    p.add_argument("--weights", required=True, help="checkpoint or state_dict file")
-    p.add_argument(
-        "--split",
-        default="val",
-        help="the split of the shards to evaluate: val, or an evaluation set added to the "
-        "shards folder (e.g. imagenetv2)",
-    )
-    p.add_argument(
-        "--real_labels",
-        metavar="REAL_JSON",
-        help="with the val split: also the ReaL top-1 and top-5 (real.json of "
-        "google-research/reassessed-imagenet) over the images it labels",
-    )
-    p.add_argument(
-        "--depth",
-        type=int,
-        choices=sorted(STAGE_BLOCKS),
-        help="ResNet depth of a bare state_dict (default 50; a checkpoint knows its own)",
-    )
-    p.add_argument(
-        "--variant",
-        choices=VARIANTS,
-        help="variant of a bare state_dict (default: whichever fits, torchvision's v1.5 first)",
-    )
-    p.add_argument(
-        "--batch",
-        type=int,
-        help=f"images per step over all processes, as the trainer's --batch (default: "
-        f"{BATCH_PER_PROCESS} per process)",
-    )
-    p.add_argument("--device", help="cuda or cpu (default: cuda when there is one)")
-    p.add_argument(
-        "--workers", type=int, default=DEFAULT_THREADS, help="DALI CPU threads per process"
-    )
-    add_evaluation_flags(p)
-    p.add_argument("--json", help="write the figures to this JSON file")
-    p.add_argument(
-        "--logits",
-        help="write every image's logits, label and key (its file name stem), in the shards' "
-        "order, and the split, to this .npz file (with --real_labels: each image's ReaL "
-        "top-1 too, real_correct: 1 right, 0 wrong, -1 unlabelled)",
-    )
-    return p.parse_args(argv)
+    flags = train_flags()
+    p.add(flags["data_dir"], WEIGHTS, SPLIT, REAL_LABELS, flags["depth"], flags["variant"])
+    p.add(*(flags[name] for name in ("batch", "device", "workers", "val_res", "val_resize")))
+    p.add(*(flags[name] for name in ("image_size", "tta", "blurpool", "ema", "amp_dtype")))
+    p.add(flags["mixed_precision"], JSON, LOGITS)
+    return p
 
 
-def add_evaluation_flags(p: argparse.ArgumentParser) -> None:
-    """How the images are evaluated: crop, flip TTA, which weights, precision (default: as
-    the checkpoint's run evaluated)."""
-    p.add_argument(
-        "--val_res",
-        type=int,
-        help="centre-crop size; the shorter side is resized to size / 0.875 first (default: "
-        "the checkpoint's --val_res, else --image_size)",
-    )
-    p.add_argument(
-        "--val_resize",
-        type=int,
-        help="the shorter side before the centre crop (default: the checkpoint's --val_resize "
-        "when the crop is its own, else --val_res / 0.875; torchvision's V2 weights: 232)",
-    )
-    p.add_argument(
-        "--image_size",
-        type=int,
-        help="the weights' training crop size, the crop when --val_res is not given, as in "
-        "the trainer (default: the checkpoint's, else 224)",
-    )
-    p.add_argument(
-        "--tta",
-        action="store_const",
-        const=True,
-        help="average the logits of each image and its mirror image (default: as the "
-        "checkpoint's run evaluated, else off)",
-    )
-    p.add_argument("--no_tta", dest="tta", action="store_const", const=False, help="turn off")
-    p.add_argument(
-        "--blurpool",
-        action="store_const",
-        const=True,
-        help="build the network with FFCV's BlurPool, for a bare state_dict trained with it "
-        "(default: a checkpoint's own setting, else off)",
-    )
-    p.add_argument(
-        "--ema",
-        action="store_true",
-        help="evaluate the checkpoint's averaged weights (a run trained with --ema) instead of "
-        "its live ones",
-    )
-    p.add_argument(
-        "--amp_dtype",
-        choices=["bf16", "fp16"],
-        help="autocast type on a GPU (default: the checkpoint's, else bf16)",
-    )
-    p.add_argument(
-        "--no_mixed_precision",
-        action="store_const",
-        const=True,
-        help="evaluate in float32 (default on a GPU: mixed precision, as in training)",
-    )
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.given = parser.given  # which flags were given: the rest come from the checkpoint
+    return args
 
 
 def run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -> dict:
+    require_dali()
     shards = open_shards(args.data_dir)
     images = split_images(shards, args.split)
     keys = shards.sample_keys(args.split) if args.logits or args.real_labels else None
     real = real_lists(args, shards, keys)
-    weights = read_weights(Path(args.weights), args.depth, args.variant, args.ema)
+    depth, variant = (getattr(args, k) if k in args.given else None for k in ("depth", "variant"))
+    weights = read_weights(Path(args.weights), depth, variant, args.ema)
     if weights.num_classes != shards.num_classes:
         raise EvaluateError(
             f"--weights {args.weights} classifies {weights.num_classes} classes, but the shards "
             f"in {args.data_dir} have {shards.num_classes}: evaluate it on shards of the "
             "data it was trained for"
         )
-    cfg = eval_config(args, weights, world_size)
+    cfg = eval_config(args, weights)
     check(cfg, world_size)
     d = derive(cfg, rank, world_size, local_rank)
     start_process_group(d, cfg.dist_timeout_minutes)
@@ -491,7 +453,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 write_atomic(args.json, json.dumps(result, indent=1) + "\n")
         return 0
-    except (EvaluateError, ShardsError, ConfigError, RealLabelsError) as e:
+    except (
+        EvaluateError, ShardsError, ConfigError, RealLabelsError, CheckpointError, DaliMissing
+    ) as e:  # fmt: skip
         if rank == 0:
             print(f"train.evaluate: error: {e}", file=sys.stderr)
         return 2

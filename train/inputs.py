@@ -19,7 +19,7 @@ def loader_kwargs(cfg: TrainConfig, d: Derived, image_size: int) -> dict:
     knobs = {k: getattr(cfg.dali, k) for k in cfg.dali.__dataclass_fields__}
     return {
         "batch_size": d.micro_batch,
-        "num_threads": cfg.workers,
+        "num_threads": d.workers,
         "image_size": image_size,
         "rank": d.rank,
         "world_size": d.world_size,

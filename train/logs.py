@@ -79,7 +79,7 @@ def summarize(history, *, parameters: int, total_seconds: float, config: dict) -
     best_weights = best_top1_of(best)[1] if best else None
     suffix = "_ema" if best_weights == "ema" else ""
     reached = target_row(history, config.get("target_top1"))
-    to_target = reached.get("run_seconds") if reached else None  # rows of older versions: none
+    to_target = reached["run_seconds"] if reached else None
     return {
         "epochs_completed": len(history),
         "best_top1": best and best[f"val_top1{suffix}"],

@@ -11,18 +11,18 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from train.config import Derived, TrainConfig
-from train.ema import WeightAverage, update_average
-from train.logs import Board
+from train.config import Derived
+from train.ema import update_average
 from train.mixing import mix_batch, random_erase
-from train.schedule import StepPlan, lr_of
+from train.schedule import lr_of
+from train.signals import Interrupted
+from train.state import Run
 
 
 class NonFiniteLoss(Exception):
@@ -33,45 +33,6 @@ class NonFiniteLoss(Exception):
             "--amp_dtype bf16 / --no_mixed_precision"
         )
         self.epoch, self.step = epoch, step
-
-
-class Interrupted(Exception):
-    """A stop was requested (SIGTERM, SIGINT): the epoch stopped after `batches_done`;
-    `totals` are every rank's running totals, (world_size, 3)."""
-
-    def __init__(self, batches_done: int, totals: torch.Tensor, seconds: float) -> None:
-        super().__init__("interrupted")
-        self.batches_done, self.totals, self.seconds = batches_done, totals, seconds
-
-
-@dataclass
-class Run:
-    """What the epoch functions need; built once per run (train.model.standalone_run builds
-    one for stepping outside the epoch loop)."""
-
-    cfg: TrainConfig
-    d: Derived
-    model: torch.nn.Module  # the plain model: checkpoints and evaluation
-    train_model: torch.nn.Module  # what the training step calls (DDP and/or compiled)
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    board: Board
-    plan: StepPlan
-    ema: WeightAverage | None = None  # --ema: updated after every optimizer step
-    stop_requested: list = field(default_factory=lambda: [False])  # [False] or [signal name]
-    saved_at: float = field(default_factory=time.monotonic)  # when last.pt was last saved
-    # The run clock: time.time() at which the run would have started had it never stopped
-    # (a resumed run sets it back by the time it had spent), MLPerf's run_start.
-    started_at: float = field(default_factory=time.time)
-
-    def run_seconds(self) -> float:
-        """The time this run has spent training and evaluating, over all its resumes."""
-        return time.time() - self.started_at
-
-    def save_due(self) -> bool:
-        """Rank 0's clock says a time-based save of last.pt is due (--checkpoint_every_minutes)."""
-        minutes = self.cfg.checkpoint_every_minutes
-        return minutes > 0 and time.monotonic() - self.saved_at >= 60 * minutes
 
 
 # What the epoch loop calls to save last.pt mid-epoch: (batches done, every rank's totals,
@@ -108,12 +69,11 @@ def every_ranks_totals(totals: torch.Tensor, d: Derived) -> torch.Tensor:
 
 def resumed_totals(saved: torch.Tensor | None, d: Derived) -> torch.Tensor:
     """This rank's running totals at the start of an epoch: its own row of a checkpoint's;
-    a checkpoint of another number of ranks (or of a version that summed them): rank 0
-    carries their sum."""
+    a checkpoint of another number of ranks: rank 0 carries their sum."""
     totals = torch.zeros(3, device=d.device)
     if saved is None:
         return totals
-    saved = saved.to(d.device, torch.float32).reshape(-1, 3)
+    saved = saved.to(d.device, torch.float32)
     if saved.shape[0] == d.world_size:
         return saved[d.rank].clone()
     return saved.sum(0) if d.rank == 0 else totals

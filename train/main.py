@@ -1,13 +1,7 @@
 """python -m train: the run, top to bottom. Check the flags and the shards, set up (ranks, RAM
 cache, model, resume, outputs), then epoch after epoch train, evaluate, save and log, and at
-the end the summary.
-
-The building blocks live in the files named for them: config (flags), shards (the shards
-folder, read once), environment (ranks, process group), ram_cache (--cache), model and
-optimizer (the training state), resume and checkpoint (last.pt, best.pt), schedule (steps,
-learning rate), inputs and data (batches), loop (one epoch, one evaluation), signals
-(SIGTERM, Ctrl-C), logs (what a run writes and says). Nothing imports this file but
-train/__main__.py.
+the end the summary. The building blocks live in the files named for them
+(docs/architecture.md lists them); nothing imports this file but train/__main__.py.
 """
 
 from __future__ import annotations
@@ -22,7 +16,12 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from train.checkpoint import Progress, remove_stale_temporaries, save_position, save_training
+from train.checkpoint import (
+    CheckpointError,
+    remove_stale_temporaries,
+    save_position,
+    save_training,
+)
 from train.config import (
     DEFAULT_WARMUP_EPOCHS,
     ConfigError,
@@ -33,6 +32,7 @@ from train.config import (
     parse_config,
     to_dict,
 )
+from train.data import DaliMissing, require_dali
 from train.ema import build_average, step_decay
 from train.environment import (
     ReplicaError,
@@ -40,7 +40,7 @@ from train.environment import (
     check_same_flags,
     dist_env,
     end_process_group,
-    peer_failure,
+    peer_failure_line,
     start_process_group,
 )
 from train.inputs import train_batches, val_batches
@@ -58,14 +58,15 @@ from train.logs import (
     write_history,
     write_summary,
 )
-from train.loop import Interrupted, NonFiniteLoss, Run, evaluate_live_and_average, train_one_epoch
+from train.loop import NonFiniteLoss, evaluate_live_and_average, train_one_epoch
 from train.model import build_training, parameter_count
 from train.plan import print_plan
 from train.ram_cache import cache_shards
 from train.resume import ResumeError, checkpoint_to_resume, restore, restore_average
 from train.schedule import evaluation_due, plan_steps, train_resolution
 from train.shards import Shards, ShardsError, is_shards_folder, open_shards, train_counts
-from train.signals import install_stop_handlers, stopped
+from train.signals import Interrupted, install_stop_handlers, stopped
+from train.state import Progress, Run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,26 +77,23 @@ def main(argv: list[str] | None = None) -> int:
         shards = checked_shards(cfg, world_size)
         if cfg.dry_run:
             return print_plan(cfg, world_size, shards)
+        if not cfg.synthetic:
+            require_dali()
         d = derive(cfg, rank, world_size, local_rank)
         start_process_group(d, cfg.dist_timeout_minutes)
         check_same_flags(cfg, d)
         if cfg.cache and shards is not None:
             shards, cached = cache_shards(shards, d)
         return train(cfg, d, shards)
-    except (ConfigError, ShardsError, ResumeError) as e:
+    except (ConfigError, ShardsError, ResumeError, CheckpointError, DaliMissing) as e:
         return failed(rank, e, 2)
     except (NonFiniteLoss, ReplicaError) as e:
         return failed(rank, e, 3)
     except RuntimeError as e:  # a peer stopped answering (hung, stopped, died)
-        what = peer_failure(e) if world_size > 1 else None
-        if what is None:
+        line = peer_failure_line(e, rank, cfg.dist_timeout_minutes) if world_size > 1 else None
+        if line is None:
             raise
-        print(
-            f"train: error: rank {rank}: {what} (--dist_timeout_minutes "
-            f"{cfg.dist_timeout_minutes:g}); under torchrun --max_restarts the group restarts "
-            "and resumes from last.pt, else rerun the same command",
-            file=sys.stderr,
-        )
+        print(line, file=sys.stderr)
         return 4
     finally:
         if cached is not None:
@@ -141,9 +139,9 @@ def train(cfg: TrainConfig, d: Derived, shards: Shards | None) -> int:
     # TensorBoard drops what a killed run wrote after the step it resumes from
     resumed_step = progress.epoch * plan.steps_per_epoch + progress.batches_done // cfg.accum
     board = Board(out, d.rank == 0, resumed_step if ckpt else None)
-    run = Run(cfg, d, model, train_model, optimizer, scaler, board, plan, ema)
+    run = Run(cfg, d, model, train_model, optimizer, scaler, board, plan, out, num_classes, ema)
     install_stop_handlers(run)
-    announce(run, out, num_classes, shards)
+    announce(run, shards)
     val = val_batches(cfg, d, shards)
     run.started_at = time.time() - progress.run_seconds  # the run clock goes on from there
     with contextlib.closing(run.board):  # flushes TensorBoard whatever happens
@@ -161,34 +159,34 @@ def train(cfg: TrainConfig, d: Derived, shards: Shards | None) -> int:
                     start_batch=progress.batches_done,
                     totals=progress.totals,
                     seconds_before=progress.seconds,
-                    save_position=partial(save_position, out, run, progress, epoch, num_classes),
+                    save_position=partial(save_position, run, progress, epoch),
                 )
             except Interrupted as stop:
-                return stopped(run, out, epoch, stop, progress, num_classes)
+                return stopped(run, epoch, stop, progress)
             del batches
             if val is not None and evaluation_due(cfg, epoch):
                 row.update(evaluate_live_and_average(run, val))
             row = {"epoch": epoch + 1, "train_res": train_resolution(d, epoch), **row}
             row["run_seconds"] = run.run_seconds()
-            progress = end_epoch(run, out, row, progress, num_classes)
+            progress = end_epoch(run, row, progress)
         if d.rank == 0:
-            finish(run, out, progress)
+            finish(run, progress)
     return 0
 
 
-def announce(run: Run, out: Path, num_classes: int, shards: Shards | None) -> None:
+def announce(run: Run, shards: Shards | None) -> None:
     """config.json, and the lines that say what this run trains and how."""
     cfg, d = run.cfg, run.d
     parameters = parameter_count(run.model)
     if d.rank == 0:
         write_config(
-            out,
+            run.out,
             cfg,
             d,
             {
                 "steps_per_epoch": run.plan.steps_per_epoch,
                 "parameters": parameters,
-                "num_classes": num_classes,
+                "num_classes": run.num_classes,
                 "data_dir_used": None if shards is None else str(shards.folder),
                 "ema_decay_per_step": None if run.ema is None else run.ema.decay,
             },
@@ -202,7 +200,7 @@ def announce(run: Run, out: Path, num_classes: int, shards: Shards | None) -> No
         )
 
 
-def end_epoch(run: Run, out: Path, row: dict, progress: Progress, num_classes: int) -> Progress:
+def end_epoch(run: Run, row: dict, progress: Progress) -> Progress:
     """After an epoch's training and evaluation: check that the ranks agree, then record it
     (history, last.pt and best.pt, CSV, summary, TensorBoard) and say it; the new progress."""
     cfg, d, epoch = run.cfg, run.d, row["epoch"] - 1
@@ -220,9 +218,9 @@ def end_epoch(run: Run, out: Path, row: dict, progress: Progress, num_classes: i
         **({"best_top1": top1, "best_weights": weights} if improved else {}),
     )
     if d.rank == 0:
-        save_training(out, run, progress, num_classes, best=improved)
-        write_history(out, progress.history)
-        write_summary(out, run_summary(run, progress))
+        save_training(run, progress, best=improved)
+        write_history(run.out, progress.history)
+        write_summary(run.out, run_summary(run, progress))
         run.board.scalars({f"epoch/{k}": v for k, v in row.items() if k != "epoch"}, epoch + 1)
     say(d, epoch_line(row, cfg.epochs))
     if d.world_size > 1:
@@ -239,7 +237,7 @@ def run_summary(run: Run, progress: Progress) -> dict:
     )
 
 
-def finish(run: Run, out: Path, progress: Progress) -> None:
+def finish(run: Run, progress: Progress) -> None:
     """Rank 0, after the last epoch (or the one that reached --target_top1): the
     hyperparameters with the results, the last line."""
     summary = run_summary(run, progress)
@@ -247,4 +245,4 @@ def finish(run: Run, out: Path, progress: Progress) -> None:
         {k: v for k, v in to_dict(run.cfg).items() if k not in ("dali",)},
         {"hparam/best_top1": summary["best_top1"], "hparam/final_top1": summary["final_top1"]},
     )
-    say(run.d, done_line(summary, out))
+    say(run.d, done_line(summary, run.out))

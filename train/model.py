@@ -11,9 +11,9 @@ import torch
 from models import build_resnet
 from train.config import Derived, TrainConfig
 from train.logs import Board
-from train.loop import Run
 from train.optimizer import build_optimizer, build_scaler
 from train.schedule import StepPlan
+from train.state import Run
 
 
 def build_model(cfg: TrainConfig, d: Derived, num_classes: int) -> torch.nn.Module:
@@ -96,4 +96,6 @@ def standalone_run(cfg: TrainConfig, d: Derived, num_classes: int, steps: int = 
         scaler=scaler,
         board=Board(Path("."), False, None),
         plan=plan,
+        out=Path("."),
+        num_classes=num_classes,
     )

@@ -14,7 +14,7 @@ from models.flops import skipped_share, training_flops
 from train.config import TrainConfig, derive, fitted_warmup_epochs
 from train.recipes import RECIPES
 from train.schedule import evaluation_due, lr_of, plan_steps, train_resolution
-from train.shards import MANIFEST, Shards, train_counts
+from train.shards import Shards, train_counts
 
 
 @cache
@@ -32,8 +32,8 @@ def data_counts(shards: Shards | None) -> tuple[int, int, str]:
     """(train images, classes, where they come from): the manifest's, else ImageNet's."""
     images, classes = train_counts(shards)
     if shards is None:
-        return images, classes, f"ImageNet's count (no {MANIFEST} in --data_dir)"
-    return images, classes, str(shards.folder / MANIFEST)
+        return images, classes, "ImageNet's count (no shards folder in --data_dir)"
+    return images, classes, str(shards.manifest_path)
 
 
 def run_plan(cfg: TrainConfig, world_size: int, images: int, classes: int) -> dict:

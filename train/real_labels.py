@@ -13,7 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.flags import Flag
+
 VAL_KEY = re.compile(r"ILSVRC2012_val_(\d{8})")
+REAL_LABELS = Flag(
+    "real_labels",
+    str,
+    None,
+    "ReaL labels of the val images (real.json of google-research/reassessed-imagenet): also "
+    "the ReaL top-1 and top-5 over the images it labels (train.compare: tested like val)",
+    metavar="REAL_JSON",
+)
 
 
 class RealLabelsError(Exception):

@@ -1,5 +1,5 @@
 """python -m train.report RUN_DIR [RUN_DIR ...]: the comparison table, plot and statistics
-of finished runs (train.comparison_report): comparison.csv, comparison.md, comparison.json
+of finished runs (train.compare.report): comparison.csv, comparison.md, comparison.json
 and comparison.png beside them, as train.compare writes them for its own runs.
 """
 
@@ -7,15 +7,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prep.flags import FlagParser
-from train.comparison_report import ReportError, write_report
+from models.flags import Flag, FlagParser
+from train.compare.report import ReportError, write_report
+
+OUT = Flag("out", str, None, "where to write comparison.* (default: the first run's parent)")
+
+
+def build_parser() -> FlagParser:
+    p = FlagParser(prog="python -m train.report", description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", help="run folders (each with training_summary.json)")
+    p.add(OUT)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = FlagParser(prog="python -m train.report", description=__doc__.split("\n")[0])
-    p.add_argument("runs", nargs="+", help="run folders (each with training_summary.json)")
-    p.add_argument("--out", help="where to write comparison.* (default: the first run's parent)")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     out = Path(args.out) if args.out else Path(args.runs[0]).resolve().parent
     names = [Path(r).resolve().name for r in args.runs]
     try:

@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from train import checkpoint
-from train.checkpoint import Progress
 from train.config import Derived, TrainConfig
 from train.ema import WeightAverage
 from train.logs import say
-from train.optimizer import add_momentum_buffers
+from train.state import Progress
 
 # Changing these on resume would load weights into another network.
 ARCHITECTURE = ("depth", "variant", "sd", "sd_mode", "pL", "blurpool")
@@ -36,8 +35,7 @@ def resolve_resume(cfg: TrainConfig, out: Path) -> Path | None:
 
 def check_resumable(ckpt: dict, cfg: TrainConfig, num_classes: int, path: Path) -> list[str]:
     """Refuse another architecture; return the other flags that changed (allowed)."""
-    # a checkpoint of an older version lacks the newer flags: it had their defaults
-    saved = {k: getattr(TrainConfig, k) for k in ARCHITECTURE} | ckpt["config"]
+    saved = ckpt["config"]
     clash = [
         f"--{k} {saved[k]} (now {getattr(cfg, k)})"
         for k in ARCHITECTURE
@@ -58,7 +56,7 @@ def checkpoint_to_resume(cfg: TrainConfig, d: Derived, out: Path, num_classes: i
     path = resolve_resume(cfg, out)
     if path is None:
         return None
-    ckpt = checkpoint.load(path)
+    ckpt = checkpoint.check_format(checkpoint.load(path), path)
     changed = check_resumable(ckpt, cfg, num_classes, path)
     say(
         d,
@@ -72,21 +70,17 @@ def restore(ckpt: dict, model, optimizer, scaler) -> Progress:
     """Load a checkpoint's state into the freshly built training state; its progress."""
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    add_momentum_buffers(optimizer)  # checkpoints of older versions may lack some
     scaler.load_state_dict(ckpt["scaler"])
     checkpoint.set_rng_state(ckpt["rng"], model)
-    # Rows of versions without progressive resizing: they trained at --image_size throughout.
-    history = tuple({"train_res": ckpt["config"]["image_size"], **row} for row in ckpt["history"])
     return Progress(
         epoch=ckpt["epoch"],
         batches_done=ckpt["batches_done"],
         totals=ckpt["totals"],
         seconds=ckpt["seconds"],
-        history=history,
+        history=tuple(ckpt["history"]),
         best_top1=ckpt["best_top1"],
-        best_weights=ckpt.get("best_weights", "live"),  # older checkpoints: live weights only
-        # older checkpoints: the epochs' training time (their evaluations went uncounted)
-        run_seconds=ckpt.get("run_seconds", sum(r["epoch_seconds"] for r in history)),
+        best_weights=ckpt["best_weights"],
+        run_seconds=ckpt["run_seconds"],
     )
 
 
@@ -95,7 +89,7 @@ def restore_average(ckpt: dict | None, average: WeightAverage, d: Derived) -> No
     the average starts from the resumed weights, as a new run's starts from the initial ones."""
     if ckpt is None:
         return
-    if ckpt.get("ema") is None:
+    if ckpt["ema"] is None:
         say(d, "--ema: the checkpoint holds no average of the weights; it starts from its weights")
         return
     average.model.load_state_dict(ckpt["ema"])

@@ -31,6 +31,11 @@ class Shards:
     def num_classes(self) -> int:
         return self.manifest["num_classes"]
 
+    @property
+    def manifest_path(self) -> Path:
+        """The manifest file of the folder read."""
+        return self.folder / MANIFEST
+
     def split(self, name: str) -> dict:
         """A split's entry: num_samples and the shard list (tar, index, num_samples, ...)."""
         return self.manifest["splits"][name]

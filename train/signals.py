@@ -6,11 +6,21 @@ from __future__ import annotations
 
 import signal
 from dataclasses import replace
-from pathlib import Path
 
-from train.checkpoint import Progress, save_training
+import torch
+
+from train.checkpoint import save_training
 from train.logs import say
-from train.loop import Interrupted, Run
+from train.state import Progress, Run
+
+
+class Interrupted(Exception):
+    """A stop was requested (SIGTERM, SIGINT): the epoch stopped after `batches_done`;
+    `totals` are every rank's running totals, (world_size, 3)."""
+
+    def __init__(self, batches_done: int, totals: torch.Tensor, seconds: float) -> None:
+        super().__init__("interrupted")
+        self.batches_done, self.totals, self.seconds = batches_done, totals, seconds
 
 
 def install_stop_handlers(run: Run) -> None:
@@ -34,9 +44,7 @@ def exit_code(run: Run) -> int:
     return 128 + signal.SIGTERM if run.stop_requested[0] == "SIGTERM" else 130
 
 
-def stopped(
-    run: Run, out: Path, epoch: int, stop: Interrupted, progress: Progress, num_classes: int
-) -> int:
+def stopped(run: Run, epoch: int, stop: Interrupted, progress: Progress) -> int:
     """A signal stopped the epoch: save last.pt at the batch reached; the exit code."""
     progress = replace(
         progress,
@@ -45,8 +53,8 @@ def stopped(
         totals=stop.totals,
         seconds=stop.seconds,
     )
-    saved = save_training(out, run, progress, num_classes, best=False) if run.d.rank == 0 else True
-    where = f"saved {out / 'last.pt'}" if saved else "could not save it (see above)"
+    saved = save_training(run, progress, best=False) if run.d.rank == 0 else True
+    where = f"saved {run.out / 'last.pt'}" if saved else "could not save it (see above)"
     say(
         run.d,
         f"stopped by a signal at epoch {epoch + 1}, batch {stop.batches_done}; {where}: rerun "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.config import parse_config
+from train.config import TrainConfig, parse_config
 
 
 def logits_file(split: str, which: str) -> str:
@@ -38,7 +38,12 @@ class RunSpec:
     arm: Arm
     seed: int
     directory: Path
-    epochs: int  # what the run trains, for deciding whether it has finished
+    flags: tuple[str, ...]  # its trainer's command line: python -m train FLAGS
+    config: TrainConfig  # what they resolve to
+
+    @property
+    def epochs(self) -> int:
+        return self.config.epochs
 
     @property
     def name(self) -> str:
@@ -59,16 +64,16 @@ def parse_arm(text: str) -> Arm:
 
 
 def run_specs(
-    arms: list[Arm], seeds: int, first_seed: int, out: Path, extra: list[str], epochs: int | None
+    arms: list[Arm], seeds: int, first_seed: int, out: Path, common: list[str]
 ) -> list[RunSpec]:
-    """Every run: OUT/ARM with one seed, OUT/ARM/seedS with several."""
+    """Every run: OUT/ARM with one seed, OUT/ARM/seedS with several, trained with the common
+    trainer flags, then the arm's (which win), then its folder and seed."""
     specs = []
     for arm in arms:
-        given = ["--epochs", str(epochs)] if epochs is not None else []
-        planned = parse_config([*given, *extra, *arm.flags]).epochs
         for seed in range(first_seed, first_seed + seeds):
             where = out / arm.name if seeds == 1 else out / arm.name / f"seed{seed}"
-            specs.append(RunSpec(arm, seed, where, planned))
+            flags = (*common, *arm.flags, "--out", str(where), "--seed", str(seed))
+            specs.append(RunSpec(arm, seed, where, flags, parse_config(list(flags))))
     return specs
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from train.comparison import logits_file
-from train.stats import Seeds, larger_noise, paired, sampling_error, verdict, welch
+from train.compare.arms import logits_file
+from train.compare.stats import Seeds, larger_noise, paired, sampling_error, verdict, welch
 
 
 class DifferentImages(Exception):

@@ -1,21 +1,13 @@
-"""The comparison of finished runs: comparison.csv, comparison.md, comparison.json and
-comparison.png from each run's training_summary.json and training_history.csv. With two runs,
-the second minus the first is reported too (the first arm is the reference). Where the runs'
-per-image val logits are there (train.compare writes them), every arm is tested against the
-first on the same images (train.verdicts), on val and on each set beyond it the runs were
-evaluated on (compare --eval_splits, --real_labels), and with several seeds per arm the seeds'
-spread is reported too. What train.report and train.compare both print."""
+"""The comparison's tables: each run's row (best and final top-1/top-5, epochs, wall time,
+images/s, the time to --target_top1) read from the files the trainer writes, the second
+minus the first with two runs, the markdown table, and each arm's speed against the
+first's."""
 
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
-
-from prep.atomic import write_atomic
-from train import verdicts
-from train.logs import csv_text
-from train.plot import plot
 
 COLUMNS = [
     "run",
@@ -34,7 +26,23 @@ SPEED = ("wall_seconds", "images_per_second")
 
 
 class ReportError(Exception):
-    pass
+    """Runs that cannot be reported together (missing files, other val images)."""
+
+
+# A run's row: the summary keys each column comes from (training_summary.json).
+SUMMARY_KEYS = {
+    "best_top1": "best_top1",
+    "best_top5": "best_top5",
+    "best_epoch": "best_epoch",
+    "final_top1": "final_top1",
+    "final_top5": "final_top5",
+    "epochs": "epochs_completed",
+    "wall_seconds": "total_seconds",
+    "images_per_second": "mean_images_per_second",
+    "target_top1": "target_top1",
+    "target_epoch": "target_epoch",
+    "time_to_target_s": "time_to_target_s",
+}
 
 
 def read_run(run_dir: Path, label: str) -> dict:
@@ -43,27 +51,19 @@ def read_run(run_dir: Path, label: str) -> dict:
     if not summary_path.is_file() or not history_path.is_file():
         raise ReportError(f"{run_dir} holds no training_summary.json and training_history.csv")
     summary = json.loads(summary_path.read_text())
+    missing = [key for key in SUMMARY_KEYS.values() if key not in summary]
+    if missing:
+        raise ReportError(
+            f"{summary_path} lacks {', '.join(missing)}: it was written by another version of "
+            "this project, whose runs cannot be reported with this one's"
+        )
     with open(history_path) as f:
         history = [
             {k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
             for row in csv.DictReader(f)
         ]
-    best = next((r for r in history if r["epoch"] == summary["best_epoch"]), None)
-    return {
-        "run": label,
-        "best_top1": summary["best_top1"],
-        "best_top5": summary.get("best_top5", best["val_top5"] if best else None),
-        "best_epoch": summary["best_epoch"],
-        "final_top1": summary["final_top1"],
-        "final_top5": summary["final_top5"],
-        "epochs": summary["epochs_completed"],
-        "wall_seconds": summary["total_seconds"],
-        "images_per_second": summary["mean_images_per_second"],
-        "target_top1": summary.get("target_top1"),
-        "target_epoch": summary.get("target_epoch"),
-        "time_to_target_s": summary.get("time_to_target_s"),
-        "history": history,
-    }
+    row = {column: summary[key] for column, key in SUMMARY_KEYS.items()}
+    return {"run": label, **row, "history": history}
 
 
 def difference(a: dict, b: dict) -> dict:
@@ -155,33 +155,3 @@ def speed_ratios(arms: dict[str, list[dict]]) -> str:
                 f"images/s {speed / speed_ref:.2f}x"
             )
     return "\n" + "\n".join(lines) + "\n" if lines else ""
-
-
-def write_report(groups: dict[str, list[Path]], out: Path) -> str:
-    """Write comparison.csv, .md, .json and .png into out for the runs of each arm (the first
-    arm is the reference); return the markdown."""
-    arms = {
-        name: [read_run(Path(d), verdicts.run_label(name, Path(d))) for d in dirs]
-        for name, dirs in groups.items()
-    }
-    runs = [r for rs in arms.values() for r in rs]
-    diff = difference(runs[0], runs[1]) if len(runs) == 2 else None
-    out.mkdir(parents=True, exist_ok=True)
-    rows = [{k: r[k] for k in COLUMNS} for r in runs] + ([diff] if diff else [])
-    write_atomic(out / "comparison.csv", csv_text(rows, COLUMNS))
-    try:
-        sets = verdicts.evaluation_sets(groups)
-        tests = verdicts.paired_tests(groups)
-        tests += [t for where in sets for t in verdicts.paired_tests(groups, where)]
-        seeds = verdicts.seed_summary(groups)
-    except verdicts.DifferentImages as e:
-        raise ReportError(str(e)) from None
-    accuracies = verdicts.set_accuracies(groups, sets) if sets else None
-    text = markdown(runs, diff) + speed_ratios(arms)
-    text += verdicts.markdown(tests, seeds, evaluated=bool(tests or seeds))
-    text += verdicts.sets_markdown(accuracies or {}, sets)
-    write_atomic(out / "comparison.md", text)
-    record = {"runs": rows, "paired": tests, "seeds": seeds, "sets": accuracies}
-    write_atomic(out / "comparison.json", json.dumps(record, indent=1) + "\n")
-    plot(arms, out / "comparison.png")
-    return text
