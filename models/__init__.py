@@ -1,6 +1,7 @@
 """ResNet-50/101/152 with stochastic depth. Imports nothing else of this project."""
 
 from models.resnet import (
+    INITS,
     SD_MODES,
     STAGE_BLOCKS,
     VARIANTS,
@@ -15,6 +16,7 @@ from models.resnet import (
 )
 
 __all__ = [
+    "INITS",
     "SD_MODES",
     "STAGE_BLOCKS",
     "VARIANTS",

@@ -10,7 +10,7 @@ share has the same name, default, choices and help in each. `FlagParser`:
   mistake, with one line naming the closest known flag, not a page of usage;
 - records which flags were given on the command line (`given` after a parse), so that a
   command tells a default from a value given equal to it (a recipe's values, a checkpoint's
-  own settings);
+  own settings), and refuses a switch given both ways (--tta --no_tta);
 - turns a boolean into a pair, --name / --no_name.
 
 It lives in models/ because models imports nothing of the project's while every command needs
@@ -53,12 +53,13 @@ class Flag:
         return (f"--{self.name}",)
 
 
-def mark_given(namespace: argparse.Namespace, dest: str) -> None:
+def mark_given(namespace: argparse.Namespace, dest: str, value) -> None:
+    """Record that `dest` was given, and with which value (a flag given twice is told)."""
     given = getattr(namespace, GIVEN, None)
     if given is None:
-        given = set()
+        given = {}
         setattr(namespace, GIVEN, given)
-    given.add(dest)
+    given.setdefault(dest, []).append(value)
 
 
 class StoreValue(argparse.Action):
@@ -66,7 +67,7 @@ class StoreValue(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, values)
-        mark_given(namespace, self.dest)
+        mark_given(namespace, self.dest, values)
 
 
 class AppendValue(argparse.Action):
@@ -75,7 +76,7 @@ class AppendValue(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         given = getattr(namespace, self.dest, None)
         setattr(namespace, self.dest, [*(given or []), values])
-        mark_given(namespace, self.dest)
+        mark_given(namespace, self.dest, None)  # repeatable: every value is kept
 
 
 class Switch(argparse.Action):
@@ -85,8 +86,9 @@ class Switch(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=default, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, option_string != self.option_strings[-1])
-        mark_given(namespace, self.dest)
+        on = option_string != self.option_strings[-1]
+        setattr(namespace, self.dest, on)
+        mark_given(namespace, self.dest, on)
 
     def format_usage(self) -> str:
         return " | ".join(self.option_strings)
@@ -147,6 +149,11 @@ class FlagParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.flags: dict[str, Flag] = {}  # name -> declaration, in the order added
         self.given: frozenset[str] = frozenset()  # the flags of the last parse's command line
+        # A switch given both ways (--tta --no_tta) is an error at once, unless the command
+        # reports it with its other problems (the trainer). A flag with a value given twice
+        # takes the last, as argparse does: wrappers (make train ARGS=...) rely on it.
+        self.contradictions: list[str] = []
+        self.report_contradictions_later = False
 
     def add(self, *flags: Flag, group=None) -> None:
         """Add flags from their declarations (to `group`, an argument group of this parser,
@@ -186,7 +193,15 @@ class FlagParser(argparse.ArgumentParser):
             if name in self.retired and name not in self.flags:
                 self.error(f"{name}: {self.retired[name]}")
         parsed, extras = super().parse_known_args(args, namespace)
-        self.given = frozenset(vars(parsed).pop(GIVEN, ()))
+        given = vars(parsed).pop(GIVEN, {})
+        self.given = frozenset(given)
+        self.contradictions = [
+            f"--{dest} and --no_{dest} are both given"
+            for dest, values in given.items()
+            if self.flags[dest].type is bool and len(set(values)) > 1
+        ]
+        if self.contradictions and not self.report_contradictions_later:
+            self.error(self.contradictions[0])
         return parsed, extras
 
     def parse_args(self, args=None, namespace=None):

@@ -52,6 +52,7 @@ STAGE_BLOCKS: dict[int, tuple[int, int, int, int]] = {
     152: (3, 8, 36, 3),
 }
 VARIANTS = ("preact", "v1.5")
+INITS = ("default", "mlperf")  # how the weights start: ResNet.init_weights
 SD_MODES = ("off", "batch", "sample")
 EXPANSION = 4  # bottleneck output channels = 4 x its width
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -238,8 +239,11 @@ class ResNet(nn.Module):
         zero_init_residual: bool = True,
         sd_seed: int = 0,
         blurpool: bool = False,
+        init: str = "default",
     ) -> None:
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if sd_mode not in SD_MODES:
@@ -287,13 +291,25 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_channels, num_classes)
 
+        self.init_weights(init, zero_init_residual)
+
+    def init_weights(self, init: str, zero_init_residual: bool) -> None:
+        """default: He normal (fan_out, torchvision's), BN weight 1 and bias 0, and with
+        zero_init_residual each block's branch starting at 0 (Goyal et al.), the classifier
+        as nn.Linear leaves it; mlperf: NVIDIA's MLPerf ResNet-50 (MLPerfInit of its MXNet
+        code): He normal on fan_in, every BN weight 1 (no block at 0), the classifier's
+        weight N(0, 0.01) and bias 0."""
+        fan = "fan_in" if init == "mlperf" else "fan_out"
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.kaiming_normal_(m.weight, mode=fan, nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        if zero_init_residual:
+        if init == "mlperf":
+            nn.init.normal_(self.fc.weight, std=0.01)
+            nn.init.zeros_(self.fc.bias)
+        elif zero_init_residual:
             for block in self.blocks():
                 block.zero_init_residual()
 
@@ -340,6 +356,7 @@ def build_resnet(
     zero_init_residual: bool = True,
     sd_seed: int = 0,
     blurpool: bool = False,
+    init: str = "default",
 ) -> ResNet:
     """ResNet-50/101/152. ``sd_seed`` seeds the batch-mode draws: give every rank the same.
     ``blurpool``: FFCV's BlurPool before the strided convolutions of the blocks (the 3x3 conv2
@@ -356,6 +373,7 @@ def build_resnet(
         zero_init_residual=zero_init_residual,
         sd_seed=sd_seed,
         blurpool=blurpool,
+        init=init,
     )
 
 

@@ -7,6 +7,7 @@ once here with PIL before it goes into a shard.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -38,6 +39,13 @@ def downscaled(image: Image.Image, max_side: int) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS)
 
 
+def stable_words(error: Exception) -> str:
+    """An error's message without the addresses of Python objects in it ("cannot identify
+    image file <_io.BytesIO object at 0x7f...>"), so that the manifest that records it is the
+    same in every run."""
+    return re.sub(r"<[\w.]+ object at 0x[0-9a-f]+>", "the bytes", str(error))
+
+
 def inspect_image(data: bytes, *, quality: int = 95, max_side: int | None = None) -> Inspected:
     """Decode once; store the original JPEG when DALI can decode it, else re-encode or skip."""
     if not data:
@@ -54,7 +62,7 @@ def inspect_image(data: bytes, *, quality: int = 95, max_side: int | None = None
                     return Inspected("stored", data)
                 rgb = image.convert("RGB")
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on bad data
-        return Inspected("skipped", b"", f"undecodable: {type(e).__name__}: {e}")
+        return Inspected("skipped", b"", f"undecodable: {type(e).__name__}: {stable_words(e)}")
     if too_large:
         rgb = downscaled(rgb, max_side)
     encoded = encode_jpeg(rgb, quality)

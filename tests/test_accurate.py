@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from models import build_resnet
 from models.resnet import BlurConv2d
+from prep.build import PrepOptions, build
 from train.config import ConfigError, check, derive, parse_config
 from train.data import IMAGENET_MEAN, IMAGENET_STD, make_loader
 from train.ema import build_average, step_decay, update_average
@@ -48,7 +50,7 @@ def test_each_automatic_augmentation_runs_in_the_dali_cpu_pipeline_and_changes_i
 
 
 def test_cutmix_pastes_a_box_whose_area_is_the_targets_lambda():
-    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
     batch, classes, height, width = 16, 16, 20, 28
     images = torch.arange(batch, dtype=torch.float32)[:, None, None, None].expand(
         batch, 3, height, width
@@ -56,7 +58,7 @@ def test_cutmix_pastes_a_box_whose_area_is_the_targets_lambda():
     labels = torch.arange(batch)
     clipped = 0
     for _ in range(40):
-        mixed, targets = mix_batch(images, labels, classes, mixup=0.0, cutmix=1.0)
+        mixed, targets = mix_batch(images, labels, classes, mixup=0.0, cutmix=1.0, generator=g)
         torch.testing.assert_close(targets.sum(1), torch.ones(batch))
         for i in range(batch):
             pasted = mixed[i, 0] != i
@@ -75,19 +77,19 @@ def test_cutmix_pastes_a_box_whose_area_is_the_targets_lambda():
 
 
 def test_cutmix_box_lambda_is_corrected_after_clipping():
-    torch.manual_seed(1)
+    g = torch.Generator().manual_seed(1)
     for lam in torch.linspace(0.05, 0.95, 19):
-        box, corrected = cutmix_box(lam, 30, 40)
+        box, corrected = cutmix_box(lam, 30, 40, g)
         assert corrected.item() == pytest.approx(1 - box.float().mean().item(), abs=1e-6)
         assert corrected.item() >= lam.item() - 1e-6  # clipping only shrinks the box
 
 
 def test_mixup_and_cutmix_alternate_batch_by_batch():
-    torch.manual_seed(2)
+    g = torch.Generator().manual_seed(2)
     images = torch.arange(8, dtype=torch.float32)[:, None, None, None].expand(8, 3, 16, 16)
     kinds = []
     for _ in range(200):
-        mixed, targets = mix_batch(images, torch.arange(8), 8, mixup=0.2, cutmix=1.0)
+        mixed, targets = mix_batch(images, torch.arange(8), 8, mixup=0.2, cutmix=1.0, generator=g)
         torch.testing.assert_close(targets.sum(1), torch.ones(8))
         whole = (mixed == mixed.round()).all().item()  # CutMix copies pixels; mixup blends
         kinds.append("cutmix" if whole else "mixup")
@@ -95,9 +97,9 @@ def test_mixup_and_cutmix_alternate_batch_by_batch():
 
 
 def test_random_erasing_stays_within_torchvisions_bounds():
-    torch.manual_seed(3)
+    g = torch.Generator().manual_seed(3)
     batch, height, width = 600, 48, 40
-    erased = random_erase(torch.ones(batch, 3, height, width), 0.5)
+    erased = random_erase(torch.ones(batch, 3, height, width), 0.5, g)
     hit = 0
     for image in erased:
         zero = image[0] == 0
@@ -114,6 +116,46 @@ def test_random_erasing_stays_within_torchvisions_bounds():
         assert area_low <= h * w <= area_high, (h, w)
         assert ERASE_RATIO[0] * 0.8 <= h / w <= ERASE_RATIO[1] * 1.25, (h, w)
     assert 0.42 * batch <= hit <= 0.58 * batch, hit  # p = 0.5, a few draws do not fit
+
+
+def test_the_mixing_lambda_follows_beta_alpha_alpha():
+    """Beta(alpha, alpha) from two Gamma draws by Marsaglia and Tsang's method on the
+    generator passed in (torch's own sampler takes none): a Kolmogorov-Smirnov test against
+    SciPy's Beta for torchvision's mixup 0.2 and CutMix 1.0, and a larger alpha."""
+    from scipy import stats
+
+    from train.mixing import beta
+
+    g = torch.Generator().manual_seed(4)
+    for alpha in (0.2, 1.0, 2.5):
+        draws = np.array([float(beta(alpha, g)) for _ in range(3000)])
+        assert ((draws >= 0) & (draws <= 1)).all()
+        assert stats.kstest(draws, stats.beta(alpha, alpha).cdf).pvalue > 0.01, alpha
+
+
+def test_each_rank_draws_its_own_augmentation_and_a_resumed_run_the_same(tiny_shards):
+    """Random erasing, mixup and CutMix on two ranks draw different boxes and lambdas from
+    the same batch; the same rank at the same micro-batch (a resumed run) draws the very
+    same; batch-mode stochastic depth stays the same on every rank (DDP needs it)."""
+    from train.loop import augmented, seed_draws
+    from train.model import standalone_run
+
+    cfg = parse_config(["--random_erase", "1", "--mixup", "0.2", "--cutmix", "1.0",
+                        "--device", "cpu", "--sd", "1"])  # fmt: skip
+    images = torch.ones(6, 3, 24, 24) * torch.arange(6.0)[:, None, None, None]
+    labels = torch.arange(6)
+
+    def draws(rank: int, epoch: int, batch: int):
+        run = standalone_run(cfg, derive(cfg, rank, 1, 0), 6)  # no DDP: the draws need the rank
+        seed_draws(run, epoch, batch)
+        mixed, targets = augmented(run, images, labels)
+        return mixed, targets, run.model.draw_sd_decisions()
+
+    rank0, rank1, again = draws(0, 3, 5), draws(1, 3, 5), draws(0, 3, 5)
+    assert not torch.equal(rank0[0], rank1[0]) and not torch.equal(rank0[1], rank1[1])
+    assert torch.equal(rank0[0], again[0]) and torch.equal(rank0[1], again[1])
+    assert not torch.equal(rank0[0], draws(0, 3, 6)[0])  # the next micro-batch: other draws
+    assert rank0[2] == rank1[2]  # batch-mode decisions: one stream for every rank
 
 
 def test_val_resize_gives_torchvisions_resize_232_and_centre_crop_224(tmp_path):
@@ -212,7 +254,51 @@ def test_the_recipes_values_and_their_run_shares():
     assert given.ema_halflife == 3.0
     assert parse_config(["--recipe", "accurate", "--sd", "1"]).pL == 0.95
     assert parse_config(["--recipe", "fast"]).blurpool
-    assert "80.858%" in RECIPES["accurate"].literature
+    literature = RECIPES["accurate"].literature  # torchvision's current V2 weights
+    assert "80.858%" in literature and "81.886%" in literature and "82.284%" in literature
+    assert cfg.ema_after_warmup
+
+
+def test_the_average_copies_the_live_weights_through_the_warmup_as_torchvisions():
+    """--ema_after_warmup: torchvision resets its average's count after every update of the
+    warmup epochs, so each of those updates, and the first one after them, copies the live
+    weights; from the second update after the warmup on, the average lags."""
+    live = torch.nn.Linear(4, 4)
+    average = build_average(live, step_decay(0.5, 100), every=4)
+    warmup_steps, copied = 10, []
+    for step in range(24):
+        with torch.no_grad():
+            live.weight.add_(0.1)
+        if average.due(step):  # steps 3, 7, 11, 15, 19, 23
+            update_average(average, average.copies(step, warmup_steps))
+            copied.append(torch.equal(average.model.weight, live.weight))
+    assert copied == [True, True, True, False, False, False]  # 11: the first after warmup
+
+
+def test_rand_augment_translates_by_torchvisions_share_of_the_image(tmp_path):
+    """torchvision's RandAugment translates by up to 150/331 of the side (29 px at 64 px);
+    DALI's default, 100 px, would push a 64 px image out of view. White images through the
+    train pipeline, one operation at the largest magnitude: the translated ones show a black
+    band of 29 px."""
+    root = tmp_path / "white"
+    for split, count in (("train", 32), ("val", 1)):
+        for wnid in ("n00000001", "n00000002"):
+            (root / split / wnid).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (64, 64), "white").save(root / split / wnid / f"{wnid}_{i}.JPEG")
+    build(root, tmp_path / "shards", PrepOptions(), workers=1)
+    loader = make_loader(
+        open_shards(tmp_path / "shards"), "train", batch_size=64, image_size=64, **CPU,
+        flip=False, color_jitter=False, auto_augment="rand_augment", ra_ops=1, ra_magnitude=30,
+    )  # fmt: skip
+    images = next(iter(loader))[0]  # (64, 3, 64, 64), normalised: black is below -1.5
+    black = (images < -1.5).all(1)  # (64, 64, 64)
+    bands = set()
+    for mask in black[~black.flatten(1).all(1)]:  # not all black (solarize at most, say)
+        for lines in (mask.all(0), mask.all(1)):  # black columns (translate_x), rows (y)
+            if lines.any() and lines.sum() == mask.sum() / 64:  # nothing black but the band
+                bands.add(int(lines.sum()))
+    assert bands == {round(150 / 331 * 64)}, bands
 
 
 def test_impossible_augmentation_flags_are_named_all_at_once():

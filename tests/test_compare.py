@@ -69,6 +69,23 @@ def test_rerunning_compare_skips_finished_runs(compared, tiny_shards, capsys):
     assert (compared / "sd" / "last.pt").stat().st_mtime == before
 
 
+def test_compare_refuses_an_arm_whose_folder_holds_other_flags_and_records_every_runs(
+    compared, tiny_shards, capsys
+):
+    """comparison.json records the flags each run trained with; rerunning compare with a
+    trainer flag changed names each arm and flag and trains nothing, unless --allow_changes."""
+    record = json.loads((compared / "comparison.json").read_text())
+    assert {name: c["sd"] for name, c in record["configs"].items()} == {"baseline": 0, "sd": 1}
+    assert record["configs"]["sd"]["batch"] == 8 and record["configs"]["sd"]["epochs"] == 2
+    before = (compared / "sd" / "last.pt").stat().st_mtime
+    argv = ["--data_dir", str(tiny_shards), "--out", str(compared), "--epochs", "2", *FLAGS]
+    assert compare_main([*argv, "--mixup", "0.2"]) == 2
+    said = capsys.readouterr().out
+    assert "baseline: --mixup 0.0 (now 0.2)" in said and "sd: --mixup 0.0 (now 0.2)" in said
+    assert "--allow_changes" in said
+    assert (compared / "sd" / "last.pt").stat().st_mtime == before
+
+
 def test_report_makes_the_same_table_for_any_runs(compared, tmp_path):
     assert (
         report_main([str(compared / "baseline"), str(compared / "sd"), "--out", str(tmp_path)]) == 0

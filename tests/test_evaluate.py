@@ -24,9 +24,10 @@ FAST = ["--workers", "2", "--batch", "4"]
 
 @pytest.fixture(scope="module")
 def trained(tiny_shards, tmp_path_factory) -> Path:
-    """A finished two-epoch stochastic-depth run on the tiny shards (32x32 crops)."""
+    """A finished two-epoch stochastic-depth run with an EMA on the tiny shards (32x32
+    crops)."""
     out = tmp_path_factory.mktemp("trained")
-    assert run_main(tiny_shards, out, "--epochs", "2", "--sd", "1") == 0
+    assert run_main(tiny_shards, out, "--epochs", "2", "--sd", "1", "--ema") == 0
     return out
 
 
@@ -38,15 +39,24 @@ def evaluate(shards: Path, weights: Path, *extra: str) -> int:
 def test_a_checkpoint_reproduces_the_val_figures_its_run_recorded(
     trained, tiny_shards, tmp_path, name
 ):
+    """By default the weights the run scored best with (best_weights: live or EMA); either
+    way the figures the run recorded for them at that epoch."""
     saved = checkpoint.load(trained / name)
     recorded = history(trained)[saved["epoch"] - 1]  # the epoch the checkpoint was saved at
-    report = tmp_path / "eval.json"
-    assert evaluate(tiny_shards, trained / name, "--json", str(report)) == 0
-    result = json.loads(report.read_text())
-    # The trainer's own evaluation on the CPU in float32: the same figures, not close ones.
-    assert result["top1"] == pytest.approx(float(recorded["val_top1"]), abs=1e-12)
-    assert result["top5"] == pytest.approx(float(recorded["val_top5"]), abs=1e-12)
-    assert result["loss"] == pytest.approx(float(recorded["val_loss"]), rel=1e-6)
+    for which in ("live", "ema"):
+        checkpoint.save(tmp_path / name, saved | {"best_weights": which})
+        report = tmp_path / f"{which}.json"
+        assert evaluate(tiny_shards, tmp_path / name, "--json", str(report)) == 0
+        result = json.loads(report.read_text())
+        assert result["weights_scored"] == which
+        suffix = "_ema" if which == "ema" else ""
+        # The trainer's own evaluation on the CPU in float32: the same figures, not close ones.
+        assert result["top1"] == pytest.approx(float(recorded[f"val_top1{suffix}"]), abs=1e-12)
+        assert result["top5"] == pytest.approx(float(recorded[f"val_top5{suffix}"]), abs=1e-12)
+        assert result["loss"] == pytest.approx(float(recorded[f"val_loss{suffix}"]), rel=1e-6)
+        other = "--no_ema" if which == "ema" else "--ema"  # the other weights, when asked
+        assert evaluate(tiny_shards, tmp_path / name, other, "--json", str(report)) == 0
+        assert json.loads(report.read_text())["weights_scored"] != which
     manifest = json.loads((tiny_shards / "manifest.json").read_text())
     assert result["images"] == manifest["splits"]["val"]["num_samples"]
     assert result["image_size"] == 32  # the checkpoint's crop size, not the default 224
@@ -63,7 +73,7 @@ def test_a_bare_state_dict_is_fitted_to_its_variant_and_prefixes_are_dropped(
     assert evaluate(tiny_shards, wrapped, "--image_size", "32", "--json", str(tmp_path / "a")) == 0
     assert "ResNet-50 (preact, state_dict)" in capsys.readouterr().out
     reference = tmp_path / "b"
-    assert evaluate(tiny_shards, trained / "best.pt", "--json", str(reference)) == 0
+    assert evaluate(tiny_shards, trained / "best.pt", "--no_ema", "--json", str(reference)) == 0
     a, b = (json.loads((tmp_path / n).read_text()) for n in ("a", "b"))
     assert (a["top1"], a["loss"]) == (b["top1"], b["loss"])
 
@@ -107,7 +117,10 @@ def test_bad_weights_get_a_one_line_error(trained, tiny_shards, tmp_path, capsys
     )
     clash = error_of(capsys, evaluate(tiny_shards, trained / "best.pt", "--depth", "152"))
     assert "--depth 152 (it holds 50)" in clash
-    no_average = error_of(capsys, evaluate(tiny_shards, trained / "best.pt", "--ema"))
+    without = tmp_path / "without_ema.pt"
+    saved = checkpoint.load(trained / "best.pt")
+    checkpoint.save(without, saved | {"ema": None, "best_weights": "live"})
+    no_average = error_of(capsys, evaluate(tiny_shards, without, "--ema"))
     assert "--ema: " in no_average and "holds no averaged weights" in no_average
     assert "bare state_dict" in error_of(capsys, evaluate(tiny_shards, other_classes, "--ema"))
 
@@ -251,3 +264,37 @@ def confident_torchvision_resnet50(images: torch.Tensor, files: list[Path], clas
         fc.bias.copy_(-(mean / std) @ w)
     model.fc = fc
     return model
+
+
+def test_one_rule_decides_right_and_wrong_everywhere_ties_included(tmp_path):
+    """Tied logits (bf16 rounds many alike) go to the lower class index in the loop's
+    evaluation, train.evaluate's figures, ReaL's figures and per-image column, and the
+    comparison's per-image tests alike: they all ask train.metrics."""
+    from train.compare.verdicts import correctness
+    from train.config import TrainConfig, derive
+    from train.loop import evaluate as evaluate_batches
+    from train.metrics import correct
+    from train.real_labels import real_accuracy, real_correct
+
+    logits = torch.tensor(
+        [[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [0.0, 1.0, 0.0, 5.0], [4.0, 4.0, 0.0, 0.0]]
+    )
+    labels = torch.tensor([2, 0, 3, 1])  # ties: class 1, class 0, -, class 0 predicted
+    right = [False, True, True, False]
+    assert correct(logits, labels).tolist() == right
+    assert correct(logits, labels, 2).tolist() == [True, True, True, True]
+
+    class Fixed(torch.nn.Module):  # the logits of image i, whose pixels all hold i
+        def forward(self, images):
+            return logits[images[:, 0, 0, 0].long()]
+
+    images = torch.arange(4.0)[:, None, None, None].expand(4, 3, 2, 2)
+    d = derive(TrainConfig(device="cpu"), 0, 1, 0)
+    figures = evaluate_batches(Fixed(), [(images, labels)], d)
+    assert figures["val_top1"] == sum(right) / 4 and figures["val_top5"] == 1.0
+    lists = [[int(label)] for label in labels]
+    assert real_correct(logits, lists).tolist() == [int(r) for r in right]
+    assert real_accuracy(logits, lists)["real_top1"] == sum(right) / 4
+    np.savez(tmp_path / "val_final.npz", logits=logits.numpy(), labels=labels.numpy(),
+             keys=np.array(["a", "b", "c", "d"]))  # fmt: skip
+    assert correctness(tmp_path, "final")[1].tolist() == right

@@ -172,3 +172,32 @@ def test_the_evaluation_takes_the_trainers_global_batch_and_the_checkpoints_sett
 
 def test_docs_flags_page_is_what_make_docs_writes():
     assert PAGE.read_text() == render(), "docs/flags.md is stale: run `make docs`"
+
+
+def test_contradictory_flags_are_refused_with_the_other_problems(tiny_shards, capsys):
+    """A switch given both ways, flags for a feature that is off, a batch larger than the
+    train set: refused in the trainer's one message with every other problem, before any
+    work; a recipe's own values for such flags do not count. A flag with a value given
+    twice takes the last (make train ARGS=... relies on it)."""
+    from train.main import main
+
+    argv = ["--data_dir", str(tiny_shards), "--tta", "--no_tta", "--sd", "0", "--pL", "0.3"]
+    argv += ["--sd_mode", "sample", "--ema_halflife", "2"]
+    assert main([*argv, "--batch", "64", "--epochs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train: error: cannot start:")
+    for words in (
+        "--tta and --no_tta are both given",
+        "--pL, --sd_mode would change nothing: stochastic depth is off (--sd 0)",
+        "--ema_halflife would change nothing: the EMA is off",
+        "--batch 64 is more than the 21 train images",
+        "--epochs 0 must be at least 1",
+    ):
+        assert words in err, (words, err)
+    assert parse_config(["--recipe", "accurate"]).pL == 0.95  # the recipe's, with --sd 0: fine
+    assert parse_config(["--depth", "50", "--depth", "101"]).depth == 101
+    with pytest.raises(train.config.ConfigError, match="--pL would change nothing"):
+        parse_config(["--recipe", "accurate", "--pL", "0.9"])
+    with pytest.raises(SystemExit):  # other commands refuse it at once, in one line
+        models_args(["--blurpool", "--no_blurpool"])
+    assert "--blurpool and --no_blurpool are both given" in capsys.readouterr().err

@@ -45,7 +45,7 @@ def commands_without_dali(shards: Path, out: Path) -> dict:
 
     data = ["--data_dir", str(shards)]
     return {
-        "python -m train": lambda: train([*data, "--out", str(out / "t"), "--device", "cpu"]),
+        "python -m train": lambda: train([*data, "--out", str(out / "t"), "--batch", "8"]),
         "train.evaluate": lambda: evaluate([*data, "--weights", str(out / "w.pt")]),
         "train.compare": lambda: compare([*data, "--out", str(out / "c")]),
         "train.bench input": lambda: bench(["input", *data]),
@@ -66,7 +66,7 @@ def test_every_command_that_needs_dali_says_how_to_install_it(
         assert line.count("\n") == 0, (command, line)
     from train.main import main as train  # the plan reads no data: no DALI needed
 
-    assert train(["--data_dir", str(tiny_shards), "--dry_run"]) == 0
+    assert train(["--data_dir", str(tiny_shards), "--batch", "8", "--dry_run"]) == 0
 
 
 def git_status() -> str:

@@ -156,6 +156,24 @@ def tree_bytes(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.suffix in (".tar", ".idx")}
 
 
+def test_identical_runs_write_byte_identical_manifests_with_unidentifiable_images(
+    tiny_imagenet, copy_of, tmp_path
+):
+    """A file PIL cannot identify is skipped with a reason that names no Python object's
+    address: two identical runs write the same manifest.json, byte for byte."""
+    source = copy_of(tiny_imagenet["root"])
+    first_class = sorted((source / "train").iterdir())[0]
+    (first_class / "text.JPEG").write_text("not an image at all\n")
+    manifests = []
+    for name in ("one", "two"):
+        build(source, tmp_path / name, PrepOptions(shard_size=8), workers=1)
+        manifests.append((tmp_path / name / "manifest.json").read_bytes())
+    assert manifests[0] == manifests[1]
+    reasons = [s["reason"] for s in json.loads(manifests[0])["splits"]["train"]["skipped"]]
+    assert any("cannot identify image file the bytes" in r for r in reasons), reasons
+    assert not any(" at 0x" in r for r in reasons)
+
+
 def test_same_input_and_options_give_byte_identical_shards(tiny_imagenet, tiny_shards, tmp_path):
     again = tmp_path / "again"
     build(tiny_imagenet["root"], again, PrepOptions(shard_size=8), workers=1)

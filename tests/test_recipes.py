@@ -102,7 +102,7 @@ def test_the_fast_recipe_and_explicit_flags_over_it():
 
 def test_impossible_recipe_flags_are_refused_all_at_once():
     flags = ["--min_res", "224", "--max_res", "160", "--start_ramp", "9", "--end_ramp", "3"]
-    flags += ["--epochs", "10", "--ema_halflife", "0", "--lr_milestones", "5"]
+    flags += ["--epochs", "10", "--ema", "--ema_halflife", "0", "--lr_milestones", "5"]
     with pytest.raises(ConfigError) as e:
         check(parse_config(flags), world_size=1)
     message = str(e.value)

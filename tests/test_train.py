@@ -85,6 +85,8 @@ def test_a_two_epoch_run_writes_every_output(two_epochs, tiny_shards):
         "config.json",
     ):
         assert (out / name).is_file(), name
+    plain = torch.load(out / "last.pt")  # torch's default weights_only: no allowlist needed
+    assert plain["format"] == checkpoint.FORMAT and plain["epoch"] == 2
     rows = history(out)
     assert list(rows[0]) == HISTORY_FIELDS
     assert [int(r["epoch"]) for r in rows] == [1, 2]
@@ -156,8 +158,8 @@ def test_batches_per_epoch_match_dali_padding():
     "flags,message",
     [
         (["--batch", "10", "--accum", "3"], "not divisible by ranks x accum = 1 x 3"),
-        (["--pL", "1.5"], "--pL 1.5 must be in (0, 1]"),
-        (["--pL", "0"], "--pL 0.0 must be in (0, 1]"),
+        (["--sd", "1", "--pL", "1.5"], "--pL 1.5 must be in (0, 1]"),
+        (["--sd", "1", "--pL", "0"], "--pL 0.0 must be in (0, 1]"),
         (["--min_res", "48"], "--min_res 48 must be a multiple of 32"),
         (["--min_res", "64", "--image_size", "200"], "--image_size 200 must be a multiple of 32"),
         (["--resume", "/nowhere/last.pt"], "no such checkpoint"),
@@ -224,6 +226,58 @@ def test_cli_errors_name_the_problem_without_a_traceback(tiny_imagenet, tmp_path
         assert flag in helptext
 
 
+def files_of(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under a folder: its bytes and modification time (ns)."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_rerun_of_a_finished_run_changes_nothing_and_other_flags_are_refused(
+    two_epochs, tiny_shards, copy_of, capsys
+):
+    """A run folder holds one run: rerunning the finished run with its flags trains nothing
+    and touches no file (no config.json rewritten, no TensorBoard record added); other flags
+    that change what is trained are refused, each named in one message, and change nothing
+    either; flags of where and how fast (--workers, --log_every) are no change."""
+    out = copy_of(two_epochs)
+    before = files_of(out)
+    flags = ["--epochs", "2", "--log_every", "1", "--sd", "1"]
+    assert run_main(tiny_shards, out, *flags) == 0
+    assert "nothing to train" in capsys.readouterr().out
+    assert run_main(tiny_shards, out, *flags, "--log_every", "3", "--workers", "1") == 0
+    assert files_of(out) == before
+    assert run_main(tiny_shards, out, *flags, "--lr", "0.5", "--image_size", "64") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a run of other flags" in err, err
+    assert "--lr None (now 0.5)" in err and "--image_size 32 (now 64)" in err
+    assert run_main(tiny_shards, out, *flags, "--recipe", "fast", "--no_blurpool") == 2
+    assert "--recipe seed (now fast)" in capsys.readouterr().err
+    assert files_of(out) == before
+
+
+def test_allowed_changes_are_recorded_where_they_happened_beside_the_original_values(
+    two_epochs, tiny_shards, copy_of
+):
+    out = copy_of(two_epochs)
+    flags = ["--epochs", "3", "--log_every", "1", "--sd", "1", "--label_smoothing", "0.2"]
+    assert run_main(tiny_shards, out, *flags, "--allow_changes") == 0
+    record = json.loads((out / "config.json").read_text())
+    summary = json.loads((out / "training_summary.json").read_text())
+    expected = [
+        {"epoch": 3, "step": 0, "flag": "epochs", "old": 2, "new": 3},
+        {"epoch": 3, "step": 0, "flag": "label_smoothing", "old": 0.1, "new": 0.2},
+    ]
+    assert record["changes"] == summary["changes"] == expected
+    assert record["config"]["epochs"] == summary["config"]["epochs"] == 2  # as it started
+    assert record["config"]["label_smoothing"] == 0.1
+    assert summary["epochs_completed"] == 3 and len(history(out)) == 3
+    assert checkpoint.load(out / "last.pt")["config"]["label_smoothing"] == 0.2  # trained now
+    assert run_main(tiny_shards, out, *flags) == 0  # the same flags again: no change, finished
+
+
 def test_resume_with_another_architecture_is_refused(two_epochs, tiny_shards, capsys):
     assert run_main(tiny_shards, two_epochs, "--epochs", "3", "--depth", "101") == 2
     assert "--depth 50 (now 101)" in capsys.readouterr().err
@@ -259,7 +313,9 @@ def test_a_non_finite_loss_stops_cleanly_and_keeps_good_checkpoints(tiny_shards,
     assert run_main(tiny_shards, out, "--epochs", "1") == 0
     good = checkpoint.load(out / "last.pt")
     best = (out / "best.pt").read_bytes()
-    code = run_main(tiny_shards, out, "--epochs", "3", "--lr", "1e30", "--log_every", "1")
+    code = run_main(
+        tiny_shards, out, "--epochs", "3", "--lr", "1e30", "--log_every", "1", "--allow_changes"
+    )
     assert code == 3
     err = capsys.readouterr().err
     assert "non-finite at epoch 2, step" in err
@@ -381,6 +437,41 @@ def test_sigterm_saves_mid_epoch_and_the_resumed_run_ends_as_an_uninterrupted_on
     saved = checkpoint.load(out / "last.pt")
     assert saved["batches_done"] > 0 or saved["epoch"] > 0
     assert run_main(tiny_shards, out, *flags) == 0
+    assert comparable(history(out)) == comparable(history(reference))
+
+
+@pytest.mark.slow
+def test_a_stop_inside_an_accumulated_step_resumes_bit_for_bit(tiny_shards, tmp_path, monkeypatch):
+    """SIGTERM lands on the first micro-batch of a step of --accum 2: the run goes on to the
+    end of that step, saves there, and the resumed run ends with the weights, optimizer and
+    history of the uninterrupted one, to the bit (no gradient half accumulated is lost)."""
+    import train.loop as loop
+
+    flags = ["--epochs", "1", "--batch", "8", "--accum", "2", "--log_every", "1"]
+    flags += ["--mixup", "0.2", "--random_erase", "0.5"]
+    reference = tmp_path / "reference"
+    assert run_main(tiny_shards, reference, *flags) == 0
+    real, boundaries = loop.train_step, []
+
+    def stepping(run, images, labels, boundary, step=0):
+        boundaries.append(boundary)
+        if len(boundaries) == 3:  # micro-batch 3 of the epoch: the first of step 2
+            assert not boundary
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(run, images, labels, boundary, step)
+
+    monkeypatch.setattr(loop, "train_step", stepping)
+    out = tmp_path / "stopped"
+    assert run_main(tiny_shards, out, *flags) == 128 + signal.SIGTERM
+    assert boundaries == [False, True, False, True]  # it finished step 2, then stopped
+    assert checkpoint.load(out / "last.pt")["batches_done"] == 4
+    monkeypatch.undo()
+    assert run_main(tiny_shards, out, *flags) == 0
+    a, b = checkpoint.load(out / "last.pt"), checkpoint.load(reference / "last.pt")
+    for k in b["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k, state in b["optimizer"]["state"].items():
+        assert torch.equal(a["optimizer"]["state"][k]["momentum_buffer"], state["momentum_buffer"])
     assert comparable(history(out)) == comparable(history(reference))
 
 
@@ -534,6 +625,7 @@ def test_resume_none_starts_over_and_resume_path_continues_elsewhere(
         "1",
         "--resume",
         str(two_epochs / "last.pt"),
+        "--allow_changes",  # 3 epochs where it had 2
     )
     assert code == 0
     assert "resuming from" in capsys.readouterr().out

@@ -48,6 +48,7 @@ def training_state(run: Run, progress: Progress) -> dict:
         "best_top1": progress.best_top1,
         "best_weights": progress.best_weights,
         "run_seconds": run.run_seconds(),
+        "changes": list(progress.changes),
         "ema": None if run.ema is None else run.ema.model.state_dict(),
         "rng": rng_state(run.model),
         "config": to_dict(run.cfg),

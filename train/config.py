@@ -20,6 +20,7 @@ from functools import cache
 
 import torch
 
+from models import INITS
 from models.flags import BLURPOOL, DEPTH, IMAGE_SIZE, PL, SD, SD_MODE, VARIANT, Flag, FlagParser
 from train.data import DEFAULT_THREADS, PipelineKnobs, dali_threads, default_val_resize
 from train.recipes import RAMP_FRACTIONS, RECIPES, recipe_help
@@ -38,9 +39,11 @@ class ConfigError(Exception):
     """An impossible flag or flag combination, reported before any heavy work."""
 
 
-def opt(default, help: str, choices=None):
-    """A trainer flag declared by its field: its type is the field's annotation."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def opt(default, help: str, choices=None, trains: bool = True):
+    """A trainer flag declared by its field: its type is the field's annotation. `trains`:
+    whether it changes what is trained (False: where and how fast the run reads, writes and
+    logs), which a resume must not change unnoticed."""
+    return field(default=default, metadata={"help": help, "choices": choices, "trains": trains})
 
 
 def declared(flag: Flag):
@@ -55,8 +58,14 @@ class TrainConfig:
         choices=tuple(RECIPES),
     )  # fmt: skip
     # data and output
-    data_dir: str = opt("shards", "shards folder written by `make shards` (not raw ImageNet)")
-    out: str = opt("results/imagenet", "output folder: checkpoints, history, summary, TensorBoard")
+    data_dir: str = opt(
+        "shards", "shards folder written by `make shards` (not raw ImageNet)", trains=False
+    )
+    out: str = opt(
+        "results/imagenet",
+        "output folder: checkpoints, history, summary, TensorBoard",
+        trains=False,
+    )
     # model
     depth: int = declared(DEPTH)
     variant: str = declared(VARIANT)
@@ -64,6 +73,14 @@ class TrainConfig:
     sd_mode: str = declared(SD_MODE)
     pL: float = declared(PL)
     blurpool: bool = declared(BLURPOOL)
+    init: str = opt(
+        "default",
+        "initial weights: default, He normal (fan_out) convolutions and the last BN of each "
+        "block at 0 (Goyal et al.; the pre-activation blocks' last conv), PyTorch's Linear "
+        "init; mlperf, NVIDIA's MLPerf ResNet-50: He normal (fan_in), every BN weight 1, the "
+        "classifier N(0, 0.01) with bias 0",
+        choices=INITS,
+    )
     # schedule and optimizer
     epochs: int = opt(120, "training epochs")
     batch: int = opt(
@@ -110,6 +127,12 @@ class TrainConfig:
     nesterov: bool = opt(False, "Nesterov momentum (SGD)")
     lars_eta: float = opt(0.001, "LARS: the trust coefficient eta")
     lars_eps: float = opt(0.0, "LARS: epsilon in the trust ratio's denominator")
+    lars_momentum_correction: bool = opt(
+        False,
+        "LARS: multiply the momentum of conv and linear weights by lr_t / lr_{t-1} (Goyal et "
+        "al.'s correction, NVIDIA's MLPerf sgdwfastlars: the LR then acts after the momentum); "
+        "off: the LR enters the buffer first, as the mlcommons reference's LARS",
+    )
     weight_decay: float = opt(1e-4, "weight decay on conv and linear weights (not BN or bias)")
     label_smoothing: float = opt(0.1, "label smoothing of the cross entropy")
     mixup: float = opt(0.0, "mixup alpha: one lambda ~ Beta(alpha, alpha) per batch; 0 = off")
@@ -131,8 +154,10 @@ class TrainConfig:
     amp_dtype: str = opt(
         "bf16", "mixed-precision type: bf16, or fp16 with a GradScaler", choices=("bf16", "fp16")
     )
-    channels_last: bool | None = opt(None, "channels_last memory format (default: on a GPU)")
-    compile: bool = opt(False, "torch.compile the model")
+    channels_last: bool | None = opt(
+        None, "channels_last memory format (default: on a GPU)", trains=False
+    )
+    compile: bool = opt(False, "torch.compile the model", trains=False)
     accum: int = opt(1, "gradient accumulation: micro-batches per optimizer step")
     checkpoint_activations: bool = opt(False, "recompute block activations in backward (memory)")
     image_size: int = declared(IMAGE_SIZE)
@@ -175,6 +200,12 @@ class TrainConfig:
     ema_halflife: float = opt(
         1.0, "--ema: half-life of the average in epochs (independent of batch size and GPUs)"
     )
+    ema_after_warmup: bool = opt(
+        False,
+        "--ema: during the LR warmup each update of the average copies the live weights "
+        "(torchvision's reset of the average while epoch < its warmup epochs); the averaging "
+        "starts with the first update after the warmup",
+    )
     ema_every: int = opt(
         1,
         "--ema: update the average every N optimizer steps (torchvision: 32), each update "
@@ -184,12 +215,17 @@ class TrainConfig:
         None,
         f"DALI CPU threads per process (default: the machine's CPU cores, at most "
         f"{DEFAULT_THREADS})",
+        trains=False,
     )
-    cache: bool = opt(False, "copy the shards to RAM disk (/dev/shm) first, when they fit")
+    cache: bool = opt(
+        False, "copy the shards to RAM disk (/dev/shm) first, when they fit", trains=False
+    )
     # run control
     seed: int = opt(42, "seed of weights, data order, augmentation and stochastic depth")
     resume: str = opt(
-        "auto", "auto: continue from OUT/last.pt if there; none: start over; or a .pt path"
+        "auto",
+        "auto: continue from OUT/last.pt if there; none: start over; or a .pt path",
+        trains=False,
     )
     eval_every: int = opt(1, "validate every N epochs (and after the last)")
     eval_offset: int | None = opt(
@@ -207,6 +243,7 @@ class TrainConfig:
         "also save last.pt mid-epoch, at the first log point this many minutes after the last "
         "save, so that a kill -9 loses at most about this much (0: only at the end of each "
         "epoch and on SIGTERM; a ResNet-50 save takes about 0.6 s: make bench-checkpoint)",
+        trains=False,
     )
     dist_timeout_minutes: float = opt(
         30.0,
@@ -214,15 +251,30 @@ class TrainConfig:
         "stopped, its node gone) ends the run with an error, and under torchrun "
         "--max_restarts the group restarts and resumes from last.pt; rank 0's --cache copy "
         "must fit in it too",
+        trains=False,
     )
     synthetic: bool = opt(False, "random input on the device instead of data: the model alone")
-    log_every: int = opt(50, "steps between progress updates, TensorBoard points and NaN checks")
+    log_every: int = opt(
+        50,
+        "optimizer steps between log points: progress, TensorBoard, NaN checks, and the only "
+        "moments a stop (SIGTERM, Ctrl-C) or a time-based save happens",
+        trains=False,
+    )
     max_steps_per_epoch: int = opt(
         0, "stop each epoch after this many steps (0: all; for smoke tests)"
     )
-    device: str | None = opt(None, "cuda or cpu (default: cuda when there is one)")
+    device: str | None = opt(None, "cuda or cpu (default: cuda when there is one)", trains=False)
     dry_run: bool = opt(
-        False, "print the plan (resolutions, LR, training compute) and exit: reads no data"
+        False,
+        "print the plan (resolutions, LR, training compute) and exit: reads no data",
+        trains=False,
+    )
+    allow_changes: bool = opt(
+        False,
+        "resume although flags that change what is trained differ from the run's (a run "
+        "folder holds one run: without it such a resume is refused); each change is recorded "
+        "(epoch, step, flag, old, new) in config.json and the summary",
+        trains=False,
     )
     dali: PipelineKnobs = field(default_factory=PipelineKnobs, metadata={"help": "DALI knobs"})
 
@@ -308,7 +360,17 @@ def build_parser() -> FlagParser:
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     """The flags given, on top of the chosen recipe's values, on top of the defaults."""
+    cfg, contradictions = parse_flags(argv)
+    if contradictions:
+        raise ConfigError("\n  ".join(["cannot start:", *contradictions]))
+    return cfg
+
+
+def parse_flags(argv: list[str] | None = None) -> tuple[TrainConfig, list[str]]:
+    """The config of parse_config, and the contradictions among the flags given (reported
+    with the config's other problems by `check`)."""
     parser = build_parser()
+    parser.report_contradictions_later = True
     args = vars(parser.parse_args(argv))
     recipe = RECIPES[args["recipe"]]
     for name, value in recipe.values.items():
@@ -318,7 +380,27 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         if name not in parser.given:
             args[name] = share * args["epochs"]
     knobs = {f.name: args.pop(f.name) for f in fields(PipelineKnobs)}
-    return TrainConfig(**args, dali=PipelineKnobs(**knobs))
+    cfg = TrainConfig(**args, dali=PipelineKnobs(**knobs))
+    return cfg, parser.contradictions + given_for_nothing(cfg, parser.given)
+
+
+def given_for_nothing(cfg: TrainConfig, given: frozenset[str]) -> list[str]:
+    """Flags given for a feature that is off: they would change nothing, which is surely not
+    what was meant (a recipe's own values for them do not count)."""
+    unused = {
+        "stochastic depth is off (--sd 0): add --sd 1": (not cfg.sd, ("pL", "sd_mode")),
+        "the EMA is off: add --ema": (not cfg.ema, ("ema_halflife", "ema_after_warmup")),
+        "the optimizer is SGD: add --optimizer lars": (
+            cfg.optimizer != "lars",
+            ("lars_eta", "lars_eps", "lars_momentum_correction"),
+        ),
+    }
+    problems = []
+    for why, (off, flags) in unused.items():
+        named = [f"--{f}" for f in flags if f in given and off]
+        if named:
+            problems.append(f"{', '.join(named)} would change nothing: {why} or drop it")
+    return problems
 
 
 def check(cfg: TrainConfig, world_size: int, other_problems: list[str] | None = None) -> None:
@@ -377,6 +459,18 @@ def check(cfg: TrainConfig, world_size: int, other_problems: list[str] | None = 
     problems += other_problems or []
     if problems:
         raise ConfigError("\n  ".join(["cannot start:", *problems]))
+
+
+def data_problems(cfg: TrainConfig, shards) -> list[str]:
+    """What the shards rule out: a global batch larger than the train set (one step would
+    hold the whole epoch and still come short)."""
+    if shards is None or cfg.synthetic or cfg.batch <= shards.num_samples("train"):
+        return []
+    return [
+        f"--batch {cfg.batch} is more than the {shards.num_samples('train'):,} train images of "
+        f"{shards.folder}: an optimizer step would need more than the whole epoch; choose a "
+        "--batch of at most that"
+    ]
 
 
 def resolution_problems(cfg: TrainConfig) -> list[str]:
@@ -553,6 +647,59 @@ def derive(cfg: TrainConfig, rank: int, world_size: int, local_rank: int) -> Der
         val_resize=cfg.val_resize or default_val_resize(cfg.val_res or cfg.image_size),
         lr_milestones=milestones,
     )
+
+
+def not_training() -> frozenset[str]:
+    """The flags that do not change what is trained: where and how fast a run reads,
+    writes and logs (the DALI knobs by their own names)."""
+    return frozenset(
+        f.name
+        for cls in (TrainConfig, PipelineKnobs)
+        for f in fields(cls)
+        if not f.metadata.get("trains", True)
+    )
+
+
+def flat(config: dict) -> dict:
+    """A config dict (to_dict's) with the DALI knobs beside the other flags."""
+    return {k: v for k, v in config.items() if k != "dali"} | config["dali"]
+
+
+def nested(values: dict) -> dict:
+    """`flat`'s inverse: the DALI knobs back under "dali"."""
+    knobs = {f.name for f in fields(PipelineKnobs)}
+    return {k: v for k, v in values.items() if k not in knobs} | {
+        "dali": {k: v for k, v in values.items() if k in knobs}
+    }
+
+
+def changed_flags(recorded: dict, cfg: TrainConfig) -> list[dict]:
+    """The flags that change what is trained and differ between a run's recorded config
+    (to_dict's) and `cfg`: [{"flag", "old", "new"}], in field order."""
+    old, new, skip = flat(recorded), flat(to_dict(cfg)), not_training()
+    differ = [k for k, v in new.items() if k not in skip and old[k] != v]
+    return [{"flag": k, "old": old[k], "new": new[k]} for k in differ]
+
+
+def change_words(changes: list[dict]) -> str:
+    """'--lr 0.1 (now 0.5), --image_size 224 (now 64)'."""
+    return ", ".join(f"--{c['flag']} {c['old']} (now {c['new']})" for c in changes)
+
+
+def changed_since(config: dict, changes: list[dict]) -> dict:
+    """The config a run trains with now: the one it started with, each change applied."""
+    values = flat(config)
+    for change in changes:
+        values[change["flag"]] = change["new"]
+    return nested(values)
+
+
+def started_with(config: dict, changes: list[dict]) -> dict:
+    """The config a run started with: `config` with each recorded change undone."""
+    values = flat(config)
+    for change in reversed(changes):
+        values[change["flag"]] = change["old"]
+    return nested(values)
 
 
 def to_dict(cfg: TrainConfig) -> dict:

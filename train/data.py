@@ -37,6 +37,9 @@ DEFAULT_THREADS = 8  # DALI CPU threads per pipeline, at most, when --workers is
 
 
 AUTO_AUGMENTS = ("none", "ta_wide", "rand_augment")
+# torchvision's RandAugment translates by up to 150/331 of the image's side (its
+# _augmentation_space: 150.0 / 331.0 * image_size), at 176 px 80 px.
+RAND_AUGMENT_TRANSLATE = 150 / 331
 
 
 class DaliMissing(Exception):
@@ -61,8 +64,9 @@ def dali_threads(workers: int | None) -> int:
     return workers or min(DEFAULT_THREADS, os.cpu_count() or 1)
 
 
-def knob(default, help: str, **extra):
-    return field(default=default, metadata={"help": help, **extra})
+def knob(default, help: str, choices=None, trains: bool = True):
+    """A DALI knob; `trains` as train.config.opt's."""
+    return field(default=default, metadata={"help": help, "choices": choices, "trains": trains})
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ class PipelineKnobs:
     thread count is not one of them: it is the trainer's --workers (make_loader's
     num_threads)."""
 
-    prefetch: int = knob(2, "batches DALI prepares ahead (prefetch_queue_depth)")
+    prefetch: int = knob(2, "batches DALI prepares ahead (prefetch_queue_depth)", trains=False)
     shuffle_buffer: int = knob(4096, "samples in the reader's shuffle buffer (initial_fill)")
     color_jitter: bool = knob(True, "train: brightness +-40%, contrast and saturation 0.8-1.2")
     flip: bool = knob(True, "train: random horizontal flip with p = 0.5")
@@ -86,13 +90,23 @@ class PipelineKnobs:
     ra_magnitude: int = knob(9, "rand_augment: magnitude, 0-30 (torchvision's magnitude)")
     crop_area_min: float = knob(0.08, "train: random-resized-crop area range [this, 1]")
     val_plain_resize: bool = knob(False, "val: plain SxS resize (distorts) instead of 256 + crop")
-    hw_decoder_load: float = knob(0.65, "share of JPEGs sent to the hardware decoder (A100/H100)")
+    hw_decoder_load: float = knob(
+        0.65, "share of JPEGs sent to the hardware decoder (A100/H100)", trains=False
+    )
     # nvJPEG buffers preallocated for ImageNet's largest images, so that no batch reallocates.
-    preallocate_width_hint: int = knob(5980, "nvJPEG: width to preallocate buffers for")
-    preallocate_height_hint: int = knob(6430, "nvJPEG: height to preallocate buffers for")
-    device_memory_padding: int = knob(211_025_920, "nvJPEG: bytes of headroom, device buffers")
-    host_memory_padding: int = knob(140_544_512, "nvJPEG: bytes of headroom, pinned host buffers")
-    read_ahead: bool = knob(False, "read whole tars ahead (slow network storage)")
+    preallocate_width_hint: int = knob(
+        5980, "nvJPEG: width to preallocate buffers for", trains=False
+    )
+    preallocate_height_hint: int = knob(
+        6430, "nvJPEG: height to preallocate buffers for", trains=False
+    )
+    device_memory_padding: int = knob(
+        211_025_920, "nvJPEG: bytes of headroom, device buffers", trains=False
+    )
+    host_memory_padding: int = knob(
+        140_544_512, "nvJPEG: bytes of headroom, pinned host buffers", trains=False
+    )
+    read_ahead: bool = knob(False, "read whole tars ahead (slow network storage)", trains=False)
 
 
 def knob_names() -> list[str]:
@@ -154,14 +168,37 @@ def train_pipeline(
     files, index_files, *, image_size, shard_id, num_shards, reader_seed, gpu, dtype, knobs,
     reshuffle, val_resize=None,
 ):  # fmt: skip
-    """Random-resized-crop (area crop_area_min-1, default 0.08-1; aspect 3/4-4/3) fused with
-    decoding, resize, jitter, flip, automatic augmentation, normalize (val_resize unused)."""
-    from nvidia.dali import fn, types
-
+    """The webdataset reader's train pipeline: train_augment of its samples (val_resize
+    unused)."""
     jpegs, digits = read_shards(
         files, index_files, shard_id=shard_id, num_shards=num_shards, train=True,
         reader_seed=reader_seed, knobs=knobs, reshuffle=reshuffle,
     )  # fmt: skip
+    images = train_augment(jpegs, (image_size, image_size), gpu=gpu, dtype=dtype, knobs=knobs)
+    return images, digits.gpu() if gpu else digits
+
+
+def fed_train_pipeline(feed, *, gpu, dtype, knobs, workers):
+    """The train pipeline over a TrainFeed (train.feed: this rank's micro-batches of the train
+    order, read by byte range) instead of the webdataset reader: the same decoding and
+    augmentation, at the crop size the feed gives for each epoch. `workers`: the feed's worker
+    processes (0: it runs in the pipeline's own thread)."""
+    from nvidia.dali import fn, types
+
+    jpegs, digits, size = fn.external_source(
+        source=feed, num_outputs=3, batch=True, batch_info=True, parallel=workers > 0,
+        dtype=[types.UINT8, types.UINT8, types.FLOAT],
+    )  # fmt: skip
+    images = train_augment(jpegs, size, gpu=gpu, dtype=dtype, knobs=knobs)
+    return images, digits.gpu() if gpu else digits
+
+
+def train_augment(jpegs, size, *, gpu, dtype, knobs):
+    """Random-resized-crop (area crop_area_min-1, default 0.08-1; aspect 3/4-4/3) fused with
+    decoding, resize to `size` ((S, S), or a DataNode of it per sample), jitter, flip,
+    automatic augmentation, normalize."""
+    from nvidia.dali import fn, types
+
     images = fn.decoders.image_random_crop(
         jpegs,
         output_type=types.RGB,
@@ -170,7 +207,7 @@ def train_pipeline(
         num_attempts=100,
         **decoder_kwargs(gpu, knobs),
     )
-    images = fn.resize(images, resize_x=image_size, resize_y=image_size)
+    images = fn.resize(images, size=size)
     if knobs.color_jitter:
         images = fn.color_twist(
             images,
@@ -183,21 +220,24 @@ def train_pipeline(
         if mirror is not None:
             images = fn.flip(images, horizontal=mirror)
             mirror = None
-        images = auto_augmented(images, knobs)
-    images = normalize(images, dtype=dtype, mirror=mirror)
-    return images, digits.gpu() if gpu else digits
+        images = auto_augmented(images, knobs, size)
+    return normalize(images, dtype=dtype, mirror=mirror)
 
 
-def auto_augmented(images, knobs: PipelineKnobs):
+def auto_augmented(images, knobs: PipelineKnobs, size):
     """DALI's TrivialAugment wide or RandAugment (on the pipeline's device, CPU or GPU), with
     torchvision's settings: 31 magnitude bins, translations of up to 32 px (TrivialAugment)
-    or DALI's torchvision-like default (RandAugment), areas uncovered by a rotation, shear or
-    translation filled with 0 (black) as torchvision's fill=None."""
+    or of up to 150/331 of the image's side (RandAugment, as torchvision's; DALI's own default
+    is 100 px whatever the size), areas uncovered by a rotation, shear or translation filled
+    with 0 (black) as torchvision's fill=None."""
     from nvidia.dali.auto_aug import rand_augment, trivial_augment
 
     if knobs.auto_augment == "ta_wide":
         return trivial_augment.trivial_augment_wide(images, fill_value=0)
-    return rand_augment.rand_augment(images, n=knobs.ra_ops, m=knobs.ra_magnitude, fill_value=0)
+    return rand_augment.rand_augment(
+        images, n=knobs.ra_ops, m=knobs.ra_magnitude, fill_value=0,
+        shape=size, max_translate_rel=RAND_AUGMENT_TRANSLATE,
+    )  # fmt: skip
 
 
 def val_pipeline(

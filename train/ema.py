@@ -32,6 +32,12 @@ class WeightAverage:
         """Whether the update after global optimizer step `step` (from 0) is one to make."""
         return (step + 1) % self.every == 0
 
+    def copies(self, step: int, warmup_steps: int) -> bool:
+        """--ema_after_warmup: whether the update after `step` copies the live weights, as
+        torchvision's does when the update before it fell in the warmup (it then reset the
+        average's count): every update of the warmup, and the first one after it."""
+        return step - self.every < warmup_steps
+
 
 def step_decay(halflife_epochs: float, steps_per_epoch: int) -> float:
     """The per-step decay whose half-life is `halflife_epochs` epochs of optimizer steps."""
@@ -58,9 +64,13 @@ def build_average(model: torch.nn.Module, decay: float, every: int = 1) -> Weigh
 
 
 @torch.no_grad()
-def update_average(average: WeightAverage) -> None:
+def update_average(average: WeightAverage, copy: bool = False) -> None:
     """average <- d x average + (1 - d) x live, for every float tensor at once, with d the
-    decay of the `every` steps since the last update (torchvision's --model-ema-steps)."""
-    torch._foreach_lerp_(average.averaged, average.live, 1.0 - average.decay**average.every)
+    decay of the `every` steps since the last update (torchvision's --model-ema-steps);
+    with `copy`, average <- live (--ema_after_warmup during the warmup)."""
+    if copy:
+        torch._foreach_copy_(average.averaged, average.live)
+    else:
+        torch._foreach_lerp_(average.averaged, average.live, 1.0 - average.decay**average.every)
     for mine, theirs in zip(average.copied, average.live_copied, strict=True):
         mine.copy_(theirs)

@@ -70,6 +70,7 @@ class Weights:
     num_classes: int
     kind: str  # what the file was, for the report
     config: dict | None  # the training config of one of our checkpoints
+    scored: str = "live"  # which of a checkpoint's weights: live, or ema (the average)
 
 
 def unwrap(state: dict) -> dict:
@@ -107,7 +108,9 @@ def depth_hint(state: dict) -> str:
     return ""
 
 
-def read_weights(path: Path, depth: int | None, variant: str | None, ema: bool) -> Weights:
+def read_weights(path: Path, depth: int | None, variant: str | None, ema: bool | None) -> Weights:
+    """The weights to score: a checkpoint's averaged (`ema` True) or live (False) weights,
+    by default (None) the ones its run scored best with; or a bare state_dict."""
     if not path.is_file():
         raise EvaluateError(f"--weights {path}: no such file")
     try:
@@ -128,9 +131,10 @@ def read_weights(path: Path, depth: int | None, variant: str | None, ema: bool) 
 
 
 def checkpoint_weights(
-    loaded: dict, path: Path, depth: int | None, variant: str | None, ema: bool
+    loaded: dict, path: Path, depth: int | None, variant: str | None, ema: bool | None
 ) -> Weights:
-    """The live weights of one of our checkpoints, or with `ema` their average."""
+    """The live weights of one of our checkpoints, or with `ema` their average; by default
+    (None) the ones that scored its run's best top-1 (`best_weights`), as the run reported."""
     config = loaded["config"]
     clash = [
         f"--{name} {given} (it holds {config[name]})"
@@ -142,6 +146,8 @@ def checkpoint_weights(
             f"--weights {path} is one of our checkpoints of another model: "
             f"{', '.join(clash)}; drop those flags"
         )
+    if ema is None:
+        ema = loaded["best_weights"] == "ema" and loaded["ema"] is not None
     if ema and loaded["ema"] is None:
         raise EvaluateError(
             f"--ema: {path} holds no averaged weights (its run was trained without --ema); "
@@ -154,8 +160,9 @@ def checkpoint_weights(
         config["depth"],
         config["variant"],
         loaded["num_classes"],
-        f"checkpoint {when}{', EMA weights' if ema else ''}",
+        f"checkpoint {when}, {'EMA' if ema else 'live'} weights",
         config,
+        "ema" if ema else "live",
     )
 
 
@@ -283,8 +290,10 @@ def build_parser() -> FlagParser:
         "BlurPool) and how its run evaluated (--val_res, --val_resize, --tta, precision): "
         "those flags, given, override the latter only; a bare state_dict is fitted to "
         "--depth and, unless given, whichever --variant its keys fit (torchvision's v1.5 "
-        "first). --batch is global, split over the processes. --ema scores a checkpoint's "
-        "averaged weights. Several GPUs: torchrun --nproc_per_node=N -m train.evaluate ...",
+        "first). --batch is global, split over the processes. A checkpoint's weights are those "
+        "its run scored best with (best_weights: live or EMA) unless --ema or --no_ema says; "
+        "the line printed names which. Several GPUs: torchrun --nproc_per_node=N -m "
+        "train.evaluate ...",
     )
     flags = train_flags()
     p.add(flags["data_dir"], WEIGHTS, SPLIT, REAL_LABELS, flags["depth"], flags["variant"])
@@ -308,7 +317,8 @@ def run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -
     keys = shards.sample_keys(args.split) if args.logits or args.real_labels else None
     real = real_lists(args, shards, keys)
     depth, variant = (getattr(args, k) if k in args.given else None for k in ("depth", "variant"))
-    weights = read_weights(Path(args.weights), depth, variant, args.ema)
+    ema = args.ema if "ema" in args.given else None  # None: the weights that scored best
+    weights = read_weights(Path(args.weights), depth, variant, ema)
     if weights.num_classes != shards.num_classes:
         raise EvaluateError(
             f"--weights {args.weights} classifies {weights.num_classes} classes, but the shards "
@@ -406,6 +416,7 @@ def result_record(
         "images_per_second": round(result["val_samples"] / max(seconds, 1e-9), 1),
         "weights": str(args.weights),
         "weights_kind": weights.kind,
+        "weights_scored": weights.scored,
         "depth": weights.depth,
         "variant": weights.variant,
         "num_classes": weights.num_classes,

@@ -13,8 +13,17 @@ from tqdm import tqdm
 
 from prep.atomic import write_atomic
 from prep.provenance import code_version, machine_facts
-from train.config import Derived, TrainConfig, to_dict
+from train.config import (
+    DEFAULT_WARMUP_EPOCHS,
+    Derived,
+    TrainConfig,
+    changed_since,
+    started_with,
+    to_dict,
+)
+from train.model import parameter_count
 from train.schedule import train_resolution
+from train.state import Progress, Run
 
 HISTORY_FIELDS = [
     "epoch",
@@ -70,15 +79,17 @@ def target_row(history, target_top1: float | None) -> dict | None:
     return next((r for r, top1 in tops if top1 is not None and 100 * top1 >= target_top1), None)
 
 
-def summarize(history, *, parameters: int, total_seconds: float, config: dict) -> dict:
+def summarize(history, *, parameters: int, total_seconds: float, config: dict, changes=()) -> dict:
     """best_*: the epoch whose live or averaged (--ema) weights scored best, and which;
-    target_*: the first epoch at --target_top1, and the run's time to it (null: never)."""
+    target_*: the first epoch at --target_top1, and the run's time to it (null: never).
+    `config`: the one the run trains with now; the summary records the one it started with
+    and the changes since (--allow_changes)."""
     evaluated = [r for r in history if r.get("val_top1") is not None]
     best = max(evaluated, key=lambda r: best_top1_of(r)[0], default=None)
     final = evaluated[-1] if evaluated else None
     best_weights = best_top1_of(best)[1] if best else None
     suffix = "_ema" if best_weights == "ema" else ""
-    reached = target_row(history, config.get("target_top1"))
+    reached = target_row(history, config["target_top1"])
     to_target = reached["run_seconds"] if reached else None
     return {
         "epochs_completed": len(history),
@@ -94,11 +105,12 @@ def summarize(history, *, parameters: int, total_seconds: float, config: dict) -
         "mean_images_per_second": round(
             sum(r["images_per_second"] for r in history) / max(1, len(history)), 1
         ),
-        "target_top1": config.get("target_top1"),
+        "target_top1": config["target_top1"],
         "target_epoch": reached and reached["epoch"],
         "time_to_target_s": None if to_target is None else round(to_target, 1),
         "parameters": parameters,
-        "config": config,
+        "config": started_with(config, list(changes)),
+        "changes": list(changes),
     }
 
 
@@ -109,11 +121,13 @@ def write_summary(out: Path, summary: dict) -> None:
     write_atomic(out / "training_summary.csv", csv_text([flat], list(flat)))
 
 
-def write_config(out: Path, cfg: TrainConfig, d: Derived, derived: dict) -> None:
-    """config.json: the config, what was derived from it (`derived`: the values that the run
-    derived beyond `d`), the code version and the machine."""
+def write_config(out: Path, cfg: TrainConfig, d: Derived, derived: dict, changes=()) -> None:
+    """config.json: the config the run started with and each change since (--allow_changes:
+    epoch, step, flag, old, new), what was derived from the config it trains with now
+    (`derived`: the values that the run derived beyond `d`), the code version, the machine."""
     record = {
-        "config": to_dict(cfg),
+        "config": started_with(to_dict(cfg), list(changes)),
+        "changes": list(changes),
         "derived": {
             "lr": d.lr,
             "warmup_epochs": d.warmup_epochs,
@@ -137,6 +151,16 @@ def write_config(out: Path, cfg: TrainConfig, d: Derived, derived: dict) -> None
         "machine": machine_facts(d.device, d.world_size),
     }
     write_atomic(out / "config.json", json.dumps(record, indent=1) + "\n")
+
+
+def recorded_config(out: Path) -> dict | None:
+    """The config (to_dict's) the run in `out` trains with, from its config.json: the one it
+    started with and the changes since; None when the folder holds no run yet."""
+    path = out / "config.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return changed_since(record["config"], record["changes"])
 
 
 def fmt(value) -> str:
@@ -201,30 +225,49 @@ def target_words(summary: dict) -> str:
     return f"; target top-1 {target:g}% reached at epoch {summary['target_epoch']}{spent}"
 
 
-class Board:
-    """TensorBoard on rank 0 (a no-op elsewhere). purge_step drops the events a killed run
-    wrote after its last checkpoint, so that a resumed run's curves have no doubles."""
+def announce(run: Run, shards_folder: Path | None, changes) -> None:
+    """config.json, and the lines that say what this run trains and how."""
+    cfg, d = run.cfg, run.d
+    parameters = parameter_count(run.model)
+    if d.rank == 0:
+        write_config(
+            run.out,
+            cfg,
+            d,
+            {
+                "steps_per_epoch": run.plan.steps_per_epoch,
+                "parameters": parameters,
+                "num_classes": run.num_classes,
+                "data_dir_used": None if shards_folder is None else str(shards_folder),
+                "ema_decay_per_step": None if run.ema is None else run.ema.decay,
+            },
+            changes,
+        )
+    say(d, run_line(cfg, d, parameters, run.plan.steps_per_epoch))
+    if cfg.warmup_epochs is None and d.warmup_epochs < DEFAULT_WARMUP_EPOCHS:
+        say(
+            d,
+            f"warmup: {d.warmup_epochs:g} epochs, a quarter of this {cfg.epochs}-epoch run (the "
+            f"default {DEFAULT_WARMUP_EPOCHS:g} is for longer runs; --warmup_epochs sets it)",
+        )
 
-    def __init__(self, out: Path, enabled: bool, purge_step: int | None) -> None:
-        self.writer = None
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=purge_step)
+def run_summary(run: Run, progress: Progress) -> dict:
+    return summarize(
+        progress.history,
+        parameters=parameter_count(run.model),
+        total_seconds=run.run_seconds(),
+        config=to_dict(run.cfg),
+        changes=progress.changes,
+    )
 
-    def scalars(self, values: dict[str, float], step: int) -> None:
-        if self.writer is not None:
-            for tag, value in values.items():
-                if value is not None:
-                    self.writer.add_scalar(tag, value, step)
 
-    def hparams(self, hparams: dict, metrics: dict) -> None:
-        if self.writer is not None:
-            clean = {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool))}
-            self.writer.add_hparams(
-                clean, {k: v for k, v in metrics.items() if v is not None}, run_name="."
-            )
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+def finish(run: Run, progress: Progress) -> None:
+    """Rank 0, after the last epoch (or the one that reached --target_top1): the
+    hyperparameters with the results, the last line."""
+    summary = run_summary(run, progress)
+    run.board.hparams(
+        {k: v for k, v in to_dict(run.cfg).items() if k not in ("dali",)},
+        {"hparam/best_top1": summary["best_top1"], "hparam/final_top1": summary["final_top1"]},
+    )
+    say(run.d, done_line(summary, run.out))

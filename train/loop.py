@@ -9,6 +9,7 @@ log point, naming that step.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Callable, Iterable
 
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from train.config import Derived
 from train.ema import update_average
+from train.metrics import correct, hits
 from train.mixing import mix_batch, random_erase
 from train.schedule import lr_of
 from train.signals import Interrupted
@@ -79,31 +81,53 @@ def resumed_totals(saved: torch.Tensor | None, d: Derived) -> torch.Tensor:
     return saved.sum(0) if d.rank == 0 else totals
 
 
+def draw_seed(seed: int, rank: int, epoch: int, batch: int) -> int:
+    """The seed of one rank's augmentation draws at one micro-batch of one epoch: a pure
+    function (a hash, the same in every version), so each rank draws its own and a resumed
+    run draws exactly what the uninterrupted one would, with no generator state to save."""
+    text = f"draws/{seed}/{rank}/{epoch}/{batch}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+
+def seed_draws(run: Run, epoch: int, batch: int) -> None:
+    """Seed this rank's draws for micro-batch `batch` of `epoch`: the generator of mixup,
+    CutMix and random erasing, and torch's default ones, which sample-mode drop path draws
+    from (batch-mode stochastic depth has its own, the same on every rank: DDP needs it)."""
+    seed = draw_seed(run.cfg.seed, run.d.rank, epoch, batch)
+    run.draws.manual_seed(seed)
+    torch.manual_seed(seed)
+
+
+def augmented(run: Run, images, labels):
+    """The batch after the on-device augmentation: random erasing, then mixup or CutMix;
+    (images, targets), the targets class probabilities when mixed, else the labels."""
+    cfg = run.cfg
+    if cfg.random_erase > 0:
+        images = random_erase(images, cfg.random_erase, run.draws)
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        return mix_batch(images, labels, run.num_classes, cfg.mixup, cfg.cutmix, run.draws)
+    return images, labels
+
+
 def train_step(run: Run, images, labels, boundary: bool, step: int = 0):
     """Forward and backward of one micro-batch; an optimizer step at accumulation boundaries
     (global optimizer step `step`, for --ema_every). DDP all-reduces gradients only at
     boundaries. Returns (loss, logits), still on the device."""
     cfg, d, model = run.cfg, run.d, run.train_model
     sync = contextlib.nullcontext() if boundary or d.world_size == 1 else model.no_sync()
-    if cfg.random_erase > 0:
-        images = random_erase(images, cfg.random_erase)
+    inputs, targets = augmented(run, images, labels)
     with sync:
         with torch.autocast(d.device.type, dtype=d.amp_dtype, enabled=d.amp):
-            if cfg.mixup > 0 or cfg.cutmix > 0:
-                classes = run.model.fc.out_features
-                mixed, targets = mix_batch(images, labels, classes, cfg.mixup, cfg.cutmix)
-                logits = model(mixed)  # (B, num_classes)
-                loss = F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing)
-            else:
-                logits = model(images)  # (B, num_classes)
-                loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+            logits = model(inputs)  # (B, num_classes)
+            loss = F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing)
         run.scaler.scale(loss / cfg.accum).backward()
     if boundary:
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.optimizer.zero_grad(set_to_none=True)
         if run.ema is not None and run.ema.due(step):
-            update_average(run.ema)
+            copy = run.cfg.ema_after_warmup and run.ema.copies(step, run.plan.warmup_steps)
+            update_average(run.ema, copy)
     return loss, logits
 
 
@@ -144,16 +168,20 @@ def train_one_epoch(
             lr = lr_of_step(run, step)
             set_lr(run.optimizer, lr)
         boundary = i % cfg.accum == cfg.accum - 1 or i == last
+        seed_draws(run, epoch, i)
         loss, logits = train_step(run, images, labels, boundary, step)
         with torch.no_grad():
             n = labels.shape[0]
-            hits = (logits.argmax(1) == labels).sum()
+            hits = correct(logits, labels).sum()
             # torch.full launches a fill on the device: no host-to-device copy, no sync
             samples = torch.full((), float(n), device=d.device)
             totals += torch.stack([loss.detach().float() * n, hits.float(), samples])
             bad_step = torch.where(torch.isfinite(loss) | (bad_step >= 0), bad_step, step)
         done = i + 1
-        if done % cfg.log_every == 0 or i == last:  # a log point: the only host syncs
+        # A log point (the only host syncs, where a stop or a save may happen) ends an
+        # optimizer step: a gradient half accumulated is never left behind by a stop.
+        steps_done = i // cfg.accum + 1  # of this epoch, counting the one this batch ends
+        if boundary and (steps_done % cfg.log_every == 0 or i == last):
             images_seen = (done - start_batch) * d.micro_batch * d.world_size
             rate = images_seen / (time.perf_counter() - start)
             log_point(run, bar, (epoch, step, done), bad_step, loss, lr, rate)
@@ -231,13 +259,12 @@ def evaluate(
                 logits = (logits + model(images.flip(3)).float()) / 2
         if record is not None:
             record(logits, labels)
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
-        hits = top == labels[:, None]
+        top5 = hits(logits, labels, 5)  # (B, 5)
         sums += torch.stack(
             [
                 F.cross_entropy(logits, labels, reduction="sum"),
-                hits[:, 0].sum().float(),
-                hits.any(1).sum().float(),
+                top5[:, 0].sum().float(),
+                top5.any(1).sum().float(),
                 torch.tensor(float(labels.numel()), device=d.device),
             ]
         )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from train.board import Board
 from train.checkpoint import (
     CheckpointError,
     remove_stale_temporaries,
@@ -23,14 +24,13 @@ from train.checkpoint import (
     save_training,
 )
 from train.config import (
-    DEFAULT_WARMUP_EPOCHS,
     ConfigError,
     Derived,
     TrainConfig,
     check,
+    data_problems,
     derive,
-    parse_config,
-    to_dict,
+    parse_flags,
 )
 from train.data import DaliMissing, require_dali
 from train.ema import build_average, step_decay
@@ -45,24 +45,22 @@ from train.environment import (
 )
 from train.inputs import train_batches, val_batches
 from train.logs import (
-    Board,
+    announce,
     best_top1_of,
-    done_line,
     epoch_line,
+    finish,
     resolution_lines,
-    run_line,
+    run_summary,
     say,
-    summarize,
     target_row,
-    write_config,
     write_history,
     write_summary,
 )
 from train.loop import NonFiniteLoss, evaluate_live_and_average, train_one_epoch
-from train.model import build_training, parameter_count
+from train.model import build_training
 from train.plan import print_plan
 from train.ram_cache import cache_shards
-from train.resume import ResumeError, checkpoint_to_resume, restore, restore_average
+from train.resume import ResumeError, checkpoint_to_resume, finished, restore, restore_average
 from train.schedule import evaluation_due, plan_steps, train_resolution
 from train.shards import Shards, ShardsError, is_shards_folder, open_shards, train_counts
 from train.signals import Interrupted, install_stop_handlers, stopped
@@ -70,11 +68,11 @@ from train.state import Progress, Run
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(argv)
+    cfg, contradictions = parse_flags(argv)
     rank, world_size, local_rank = dist_env()
     cached = None
     try:
-        shards = checked_shards(cfg, world_size)
+        shards = checked_shards(cfg, world_size, contradictions)
         if cfg.dry_run:
             return print_plan(cfg, world_size, shards)
         if not cfg.synthetic:
@@ -101,17 +99,18 @@ def main(argv: list[str] | None = None) -> int:
         end_process_group()
 
 
-def checked_shards(cfg: TrainConfig, world_size: int) -> Shards | None:
-    """The shards of --data_dir, read once, when every problem of the flags and the shards
-    folder is ruled out (ConfigError names them all at once). None: ImageNet's counts, for
-    --synthetic (which reads no data) and a --dry_run without shards."""
-    shards, problems = None, []
+def checked_shards(cfg: TrainConfig, world_size: int, problems: list[str]) -> Shards | None:
+    """The shards of --data_dir, read once, when every problem of the flags (`problems`: the
+    contradictions among them) and the shards folder is ruled out (ConfigError names them
+    all at once). None: ImageNet's counts, for --synthetic (which reads no data) and a
+    --dry_run without shards."""
+    shards = None
     try:
         if is_shards_folder(cfg.data_dir) or not (cfg.synthetic or cfg.dry_run):
             shards = open_shards(cfg.data_dir)
     except ShardsError as e:
-        problems = [] if cfg.synthetic else [str(e)]
-    check(cfg, world_size, problems)
+        problems = problems + ([] if cfg.synthetic else [str(e)])
+    check(cfg, world_size, problems + data_problems(cfg, shards))
     return shards
 
 
@@ -123,13 +122,16 @@ def failed(rank: int, error: Exception, code: int) -> int:
 
 def train(cfg: TrainConfig, d: Derived, shards: Shards | None) -> int:
     out = Path(cfg.out)
+    train_images, num_classes = train_counts(shards)
+    ckpt, changes = checkpoint_to_resume(cfg, d, out, num_classes)
+    if ckpt is not None and not changes and finished(ckpt, cfg):  # a rerun: nothing changes
+        say(d, f"nothing to train: {out} holds this run, finished; its files are left as they are")
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     if d.rank == 0:
         remove_stale_temporaries(out)
-    train_images, num_classes = train_counts(shards)
-    ckpt = checkpoint_to_resume(cfg, d, out, num_classes)
     model, train_model, optimizer, scaler = build_training(cfg, d, num_classes)
-    progress = restore(ckpt, model, optimizer, scaler) if ckpt else Progress()
+    progress = restore(ckpt, model, optimizer, scaler, changes) if ckpt else Progress()
     plan = plan_steps(cfg, d, train_images)
     ema = None
     if cfg.ema:  # from the resumed weights; then the checkpoint's average, if it holds one
@@ -141,7 +143,7 @@ def train(cfg: TrainConfig, d: Derived, shards: Shards | None) -> int:
     board = Board(out, d.rank == 0, resumed_step if ckpt else None)
     run = Run(cfg, d, model, train_model, optimizer, scaler, board, plan, out, num_classes, ema)
     install_stop_handlers(run)
-    announce(run, shards)
+    announce(run, None if shards is None else shards.folder, progress.changes)
     val = val_batches(cfg, d, shards)
     run.started_at = time.time() - progress.run_seconds  # the run clock goes on from there
     with contextlib.closing(run.board):  # flushes TensorBoard whatever happens
@@ -174,32 +176,6 @@ def train(cfg: TrainConfig, d: Derived, shards: Shards | None) -> int:
     return 0
 
 
-def announce(run: Run, shards: Shards | None) -> None:
-    """config.json, and the lines that say what this run trains and how."""
-    cfg, d = run.cfg, run.d
-    parameters = parameter_count(run.model)
-    if d.rank == 0:
-        write_config(
-            run.out,
-            cfg,
-            d,
-            {
-                "steps_per_epoch": run.plan.steps_per_epoch,
-                "parameters": parameters,
-                "num_classes": run.num_classes,
-                "data_dir_used": None if shards is None else str(shards.folder),
-                "ema_decay_per_step": None if run.ema is None else run.ema.decay,
-            },
-        )
-    say(d, run_line(cfg, d, parameters, run.plan.steps_per_epoch))
-    if cfg.warmup_epochs is None and d.warmup_epochs < DEFAULT_WARMUP_EPOCHS:
-        say(
-            d,
-            f"warmup: {d.warmup_epochs:g} epochs, a quarter of this {cfg.epochs}-epoch run (the "
-            f"default {DEFAULT_WARMUP_EPOCHS:g} is for longer runs; --warmup_epochs sets it)",
-        )
-
-
 def end_epoch(run: Run, row: dict, progress: Progress) -> Progress:
     """After an epoch's training and evaluation: check that the ranks agree, then record it
     (history, last.pt and best.pt, CSV, summary, TensorBoard) and say it; the new progress."""
@@ -226,23 +202,3 @@ def end_epoch(run: Run, row: dict, progress: Progress) -> Progress:
     if d.world_size > 1:
         dist.barrier()
     return progress
-
-
-def run_summary(run: Run, progress: Progress) -> dict:
-    return summarize(
-        progress.history,
-        parameters=parameter_count(run.model),
-        total_seconds=run.run_seconds(),
-        config=to_dict(run.cfg),
-    )
-
-
-def finish(run: Run, progress: Progress) -> None:
-    """Rank 0, after the last epoch (or the one that reached --target_top1): the
-    hyperparameters with the results, the last line."""
-    summary = run_summary(run, progress)
-    run.board.hparams(
-        {k: v for k, v in to_dict(run.cfg).items() if k not in ("dali",)},
-        {"hparam/best_top1": summary["best_top1"], "hparam/final_top1": summary["final_top1"]},
-    )
-    say(run.d, done_line(summary, run.out))

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from models import build_resnet
+from train.board import Board
 from train.config import Derived, TrainConfig
-from train.logs import Board
 from train.optimizer import build_optimizer, build_scaler
 from train.schedule import StepPlan
 from train.state import Run
@@ -27,6 +27,7 @@ def build_model(cfg: TrainConfig, d: Derived, num_classes: int) -> torch.nn.Modu
         num_classes=num_classes,
         sd_seed=cfg.seed,
         blurpool=cfg.blurpool,
+        init=cfg.init,
     )
     model.checkpoint_activations = cfg.checkpoint_activations
     model.to(d.device)

@@ -25,7 +25,10 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, d: Derived) -> tor
     momentum buffer is created up front (see add_momentum_buffers)."""
     groups = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "lars":
-        optimizer = Lars(groups, lr=d.lr, momentum=cfg.momentum, eta=cfg.lars_eta, eps=cfg.lars_eps)
+        optimizer = Lars(
+            groups, lr=d.lr, momentum=cfg.momentum, eta=cfg.lars_eta, eps=cfg.lars_eps,
+            momentum_correction=cfg.lars_momentum_correction,
+        )  # fmt: skip
     else:
         optimizer = torch.optim.SGD(
             groups, lr=d.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=True
@@ -44,17 +47,29 @@ class Lars(torch.optim.Optimizer):
 
     and for BN weights and biases (rank 1: neither adaptation nor weight decay)
     v = momentum * v + lr * g. The learning rate enters the buffer before the momentum, as in
-    the reference (TF's apply_momentum) and NVIDIA's kernel (timm's Lars applies it after).
+    the reference (TF's apply_momentum).
+
+    With `momentum_correction` (NVIDIA's MLPerf runs, its sgdwfastlars, and --recipe mlperf),
+    the momentum of the conv and linear weights is multiplied by lr_t / lr_{t-1} at each step
+    (Goyal et al.'s correction; 1 at the first step, or after a step at LR 0), which makes
+    the LR act after the momentum, as timm's order: v_t / lr_t = momentum * v_{t-1} /
+    lr_{t-1} + trust * (g + weight_decay * w). NVIDIA's MXNet code applies it to these tensors
+    only (the BN weights and biases come in later chunks of its update, which see the ratio
+    of the same LR, 1), and so does this.
     A zero weight, such as each block's zero-initialised last BN or conv, gets trust 1, the
     reference's fallback, or it would never move. A parameter without a gradient (a block
     that batch-mode stochastic depth dropped this step) is left alone, momentum included, as
     fused SGD leaves it. The norms of a group's tensors come from one fused call and the
     trust ratios stay on the device: no host sync."""
 
-    def __init__(self, params, lr: float, momentum: float, eta: float, eps: float) -> None:
-        super().__init__(
-            params, {"lr": lr, "momentum": momentum, "eta": eta, "eps": eps, "weight_decay": 0.0}
-        )
+    def __init__(
+        self, params, lr: float, momentum: float, eta: float, eps: float,
+        momentum_correction: bool = False,
+    ) -> None:  # fmt: skip
+        defaults = {"lr": lr, "momentum": momentum, "eta": eta, "eps": eps, "weight_decay": 0.0}
+        # previous_lr: the LR of the group's last step, for the momentum correction
+        defaults |= {"momentum_correction": momentum_correction, "previous_lr": None}
+        super().__init__(params, defaults)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -62,10 +77,22 @@ class Lars(torch.optim.Optimizer):
             stepped = [p for p in group["params"] if p.grad is not None]
             adapted = [p for p in stepped if p.ndim >= 2]  # conv and linear weights
             if adapted:
-                self.update(adapted, group, self.trust_scaled_steps(adapted, group))
+                momentum = group["momentum"] * self.lr_ratio(group)
+                steps = self.trust_scaled_steps(adapted, group)
+                self.update(adapted, momentum, steps)
             plain = [p for p in stepped if p.ndim < 2]  # BN weights and biases
             if plain:
-                self.update(plain, group, torch._foreach_mul([p.grad for p in plain], group["lr"]))
+                steps = torch._foreach_mul([p.grad for p in plain], group["lr"])
+                self.update(plain, group["momentum"], steps)
+            group["previous_lr"] = group["lr"]
+
+    @staticmethod
+    def lr_ratio(group: dict) -> float:
+        """lr_t / lr_{t-1} with the momentum correction, else 1 (a host float: no sync)."""
+        previous = group["previous_lr"]
+        if not group["momentum_correction"] or not previous:
+            return 1.0
+        return group["lr"] / previous
 
     @staticmethod
     def trust_scaled_steps(params: list, group: dict) -> list:
@@ -79,10 +106,10 @@ class Lars(torch.optim.Optimizer):
         torch._foreach_mul_(steps, list((group["lr"] * trust).unbind()))
         return steps
 
-    def update(self, params: list, group: dict, steps: list) -> None:
+    def update(self, params: list, momentum: float, steps: list) -> None:
         """v = momentum x v + step; w = w - v."""
         buffers = [self.state[p]["momentum_buffer"] for p in params]
-        torch._foreach_mul_(buffers, group["momentum"])
+        torch._foreach_mul_(buffers, momentum)
         torch._foreach_add_(buffers, steps)
         torch._foreach_sub_(params, buffers)
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from models.flags import Flag
+from train.metrics import top_classes
 
 VAL_KEY = re.compile(r"ILSVRC2012_val_(\d{8})")
 REAL_LABELS = Flag(
@@ -72,7 +73,7 @@ def read_real_labels(path: Path, keys: list[str], num_classes: int) -> list[list
 
 def real_accuracy(logits: torch.Tensor, lists: list[list[int]]) -> dict:
     """ReaL top-1 and top-5 of (N, classes) logits over the images with a non-empty list."""
-    top = logits.topk(min(5, logits.shape[1]), dim=1).indices.tolist()  # (N, 5)
+    top = top_classes(logits, 5).tolist()  # (N, 5)
     scored = [
         (predicted, set(allowed)) for predicted, allowed in zip(top, lists, strict=True) if allowed
     ]
@@ -89,7 +90,7 @@ def real_accuracy(logits: torch.Tensor, lists: list[list[int]]) -> dict:
 def real_correct(logits: torch.Tensor, lists: list[list[int]]) -> np.ndarray:
     """Each image's ReaL top-1: 1 when its top class is in its list, 0 when not, -1 when
     the list is empty (the image is left out)."""
-    top = logits.argmax(1).tolist()
+    top = top_classes(logits, 1)[:, 0].tolist()
     return np.array(
         [(int(t in allowed) if allowed else -1) for t, allowed in zip(top, lists, strict=True)],
         dtype=np.int8,

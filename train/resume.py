@@ -6,22 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from train import checkpoint
-from train.config import Derived, TrainConfig
+from train.config import Derived, TrainConfig, change_words, changed_flags
 from train.ema import WeightAverage
-from train.logs import say
+from train.logs import say, target_row
 from train.state import Progress
 
-# Changing these on resume would load weights into another network.
+# Changing these on resume would load weights into another network: never accepted.
 ARCHITECTURE = ("depth", "variant", "sd", "sd_mode", "pL", "blurpool")
-# Flags that say where and how fast a run reads and writes, not what it trains.
-NOT_TRAINING = {
-    "resume", "out", "data_dir", "cache", "workers", "dali", "log_every",
-    "checkpoint_every_minutes", "dist_timeout_minutes",
-}  # fmt: skip
 
 
 class ResumeError(Exception):
-    """The checkpoint to resume from belongs to another network or data set."""
+    """The checkpoint to resume from belongs to another network or data set, or to a run of
+    other flags."""
 
 
 def resolve_resume(cfg: TrainConfig, out: Path) -> Path | None:
@@ -33,8 +29,10 @@ def resolve_resume(cfg: TrainConfig, out: Path) -> Path | None:
     return Path(cfg.resume)
 
 
-def check_resumable(ckpt: dict, cfg: TrainConfig, num_classes: int, path: Path) -> list[str]:
-    """Refuse another architecture; return the other flags that changed (allowed)."""
+def check_resumable(ckpt: dict, cfg: TrainConfig, num_classes: int, path: Path) -> list[dict]:
+    """Refuse another architecture, and (unless --allow_changes) any other change of a flag
+    that changes what is trained; the changes accepted, stamped with where they take effect:
+    the epoch (counted from 1, as the history does) and the optimizer steps of it done."""
     saved = ckpt["config"]
     clash = [
         f"--{k} {saved[k]} (now {getattr(cfg, k)})"
@@ -48,26 +46,45 @@ def check_resumable(ckpt: dict, cfg: TrainConfig, num_classes: int, path: Path) 
             f"{path} was trained with {', '.join(clash)}: use another --out, the same flags, "
             "or --resume none to start over"
         )
-    return [k for k, v in saved.items() if k not in NOT_TRAINING and v != getattr(cfg, k, v)]
+    changes = changed_flags(saved, cfg)
+    if changes and not cfg.allow_changes:
+        raise ResumeError(
+            f"{path} holds a run of other flags, and a run folder holds one run: "
+            f"{change_words(changes)}; rerun with the run's flags, use another --out, or "
+            "--allow_changes to go on with these (each change is recorded)"
+        )
+    where = {"epoch": ckpt["epoch"] + 1, "step": ckpt["batches_done"] // saved["accum"]}
+    return [where | change for change in changes]
 
 
-def checkpoint_to_resume(cfg: TrainConfig, d: Derived, out: Path, num_classes: int) -> dict | None:
-    """The checkpoint this run continues from, checked and announced; None to start afresh."""
+def finished(ckpt: dict, cfg: TrainConfig) -> bool:
+    """Whether the checkpoint's run has trained all its epochs or reached --target_top1."""
+    done = ckpt["epoch"] >= cfg.epochs and ckpt["batches_done"] == 0
+    return done or target_row(ckpt["history"], cfg.target_top1) is not None
+
+
+def checkpoint_to_resume(
+    cfg: TrainConfig, d: Derived, out: Path, num_classes: int
+) -> tuple[dict | None, list[dict]]:
+    """(the checkpoint this run continues from, checked and announced, or None to start
+    afresh; the flag changes accepted with --allow_changes)."""
     path = resolve_resume(cfg, out)
     if path is None:
-        return None
+        return None, []
     ckpt = checkpoint.check_format(checkpoint.load(path), path)
-    changed = check_resumable(ckpt, cfg, num_classes, path)
-    say(
-        d,
-        f"resuming from {path}: epoch {ckpt['epoch'] + 1}, batch {ckpt['batches_done']}"
-        + (f" (flags changed since: {', '.join(changed)})" if changed else ""),
-    )
-    return ckpt
+    changes = check_resumable(ckpt, cfg, num_classes, path)
+    if not (finished(ckpt, cfg) and not changes):
+        say(
+            d,
+            f"resuming from {path}: epoch {ckpt['epoch'] + 1}, batch {ckpt['batches_done']}"
+            + (f" (flags changed, --allow_changes: {change_words(changes)})" if changes else ""),
+        )
+    return ckpt, changes
 
 
-def restore(ckpt: dict, model, optimizer, scaler) -> Progress:
-    """Load a checkpoint's state into the freshly built training state; its progress."""
+def restore(ckpt: dict, model, optimizer, scaler, changes: list[dict]) -> Progress:
+    """Load a checkpoint's state into the freshly built training state; its progress, with
+    the flag changes of this resume recorded after the earlier ones."""
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scaler.load_state_dict(ckpt["scaler"])
@@ -81,6 +98,7 @@ def restore(ckpt: dict, model, optimizer, scaler) -> Progress:
         best_top1=ckpt["best_top1"],
         best_weights=ckpt["best_weights"],
         run_seconds=ckpt["run_seconds"],
+        changes=(*ckpt["changes"], *changes),
     )
 
 

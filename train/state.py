@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
+from train.board import Board
 from train.config import Derived, TrainConfig
 from train.ema import WeightAverage
-from train.logs import Board
 from train.schedule import StepPlan
 
 
@@ -37,6 +37,12 @@ class Run:
     # The run clock: time.time() at which the run would have started had it never stopped
     # (a resumed run sets it back by the time it had spent), MLPerf's run_start.
     started_at: float = field(default_factory=time.time)
+    # This rank's augmentation draws (mixup, CutMix, random erasing), on the device; reseeded
+    # at every micro-batch (train.loop.seed_draws), so it carries no state worth saving.
+    draws: torch.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.draws = torch.Generator(device=self.d.device)
 
     def run_seconds(self) -> float:
         """The time this run has spent training and evaluating, over all its resumes."""
@@ -61,3 +67,5 @@ class Progress:
     best_top1: float = -1.0
     best_weights: str = "live"  # which weights scored best_top1: live, or ema (the average)
     run_seconds: float = 0.0  # the run clock when it was saved (Run.run_seconds)
+    # flags changed on resume (--allow_changes): {"epoch", "step", "flag", "old", "new"}
+    changes: tuple[dict, ...] = ()

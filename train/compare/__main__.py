@@ -17,11 +17,19 @@ from pathlib import Path
 
 from models.flags import Flag, FlagParser
 from prep.flags import positive
-from train.compare.arms import DEFAULT_ARMS, finished, finished_words, parse_arm, run_specs
+from train.compare.arms import (
+    DEFAULT_ARMS,
+    RunSpec,
+    finished,
+    finished_words,
+    parse_arm,
+    run_specs,
+)
 from train.compare.launch import Launch, run_arm_in_turn, visible_gpus
 from train.compare.report import ReportError, write_report
-from train.config import train_flags
+from train.config import ConfigError, change_words, changed_flags, train_flags
 from train.data import DaliMissing, require_dali
+from train.logs import recorded_config
 from train.real_labels import REAL_LABELS, RealLabelsError, read_real_labels
 from train.shards import TRAINER_SPLITS, ShardsError, open_shards
 
@@ -85,7 +93,7 @@ def build_parser() -> FlagParser:
     )
     flags = train_flags()
     p.add(flags["data_dir"], OUT, ARM, EVAL_SPLITS, REAL_LABELS, SEEDS, flags["seed"], MODE)
-    p.add(GPU_SPLIT, GPUS)
+    p.add(GPU_SPLIT, GPUS, flags["allow_changes"])
     return p
 
 
@@ -115,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         require_dali()
         return compare(args, extra)
-    except DaliMissing as e:
+    except (DaliMissing, ConfigError) as e:  # ConfigError: the trainer flags contradict
         print(f"compare: error: {e}")
         return 2
     except KeyboardInterrupt:  # the trainers got the Ctrl-C too and saved their checkpoints
@@ -147,6 +155,18 @@ def check_evaluation_sets(args: argparse.Namespace) -> str | None:
     return None
 
 
+def other_flags(runs: list[RunSpec]) -> list[str]:
+    """Each run whose folder holds a run trained with other flags: which, as 'ARM: --flag
+    old (now new), ...'."""
+    clashes = []
+    for run in runs:
+        recorded = recorded_config(run.directory)
+        changed = [] if recorded is None else changed_flags(recorded, run.config)
+        if changed:
+            clashes.append(f"{run.name}: {change_words(changed)}")
+    return clashes
+
+
 def compare(args: argparse.Namespace, extra: list[str]) -> int:
     out = Path(args.out)
     problem = check_evaluation_sets(args)
@@ -155,7 +175,16 @@ def compare(args: argparse.Namespace, extra: list[str]) -> int:
         return 2
     launch = Launch(args.data_dir, args.eval_splits, args.real_labels)
     common = ["--data_dir", args.data_dir, *extra]
+    common += ["--allow_changes"] if args.allow_changes else []
     runs = run_specs(args.arms, args.seeds, args.seed, out, common)
+    clashes = other_flags(runs)
+    if clashes and not args.allow_changes:
+        print(
+            "compare: error: run folders hold runs of other flags than their arms' (a folder "
+            f"holds one run): {'; '.join(clashes)}; use another --out, the arms' earlier "
+            "flags, or --allow_changes to go on with these (each change is recorded)"
+        )
+        return 2
     for run in runs:
         if finished(run):
             print(f"compare: {run.directory} has {finished_words(run)}; skipping it")

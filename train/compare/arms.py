@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.config import TrainConfig, parse_config
+from train.config import TrainConfig, parse_config, train_flags
 
 
 def logits_file(split: str, which: str) -> str:
@@ -70,11 +70,36 @@ def run_specs(
     trainer flags, then the arm's (which win), then its folder and seed."""
     specs = []
     for arm in arms:
+        shared = without(common, {name for name, _ in flag_groups(list(arm.flags))})
         for seed in range(first_seed, first_seed + seeds):
             where = out / arm.name if seeds == 1 else out / arm.name / f"seed{seed}"
-            flags = (*common, *arm.flags, "--out", str(where), "--seed", str(seed))
+            flags = (*shared, *arm.flags, "--out", str(where), "--seed", str(seed))
             specs.append(RunSpec(arm, seed, where, flags, parse_config(list(flags))))
     return specs
+
+
+def flag_groups(argv: list[str]) -> list[tuple[str, list[str]]]:
+    """Trainer flags as (name, their tokens): --lr 0.1, --lr=0.1, --ema, --no_ema (name
+    ema). Hyphens read as underscores; an unknown flag keeps the token that follows only when
+    it is no flag itself."""
+    flags, groups, i = train_flags(), [], 0
+    while i < len(argv):
+        name, has_value = argv[i].partition("=")[0][2:].replace("-", "_"), "=" in argv[i]
+        switch = name.removeprefix("no_") if name.startswith("no_") else name
+        if switch in flags and flags[switch].type is bool:
+            groups.append((switch, argv[i : i + 1]))
+            i += 1
+            continue
+        follows = i + 1 < len(argv) and (name in flags or not argv[i + 1].startswith("--"))
+        takes = not has_value and follows
+        groups.append((name, argv[i : i + 1 + takes]))
+        i += 1 + takes
+    return groups
+
+
+def without(argv: list[str], names: set[str]) -> list[str]:
+    """The trainer flags of argv but those named: what an arm's own flags replace."""
+    return [t for name, tokens in flag_groups(argv) if name not in names for t in tokens]
 
 
 def summary(directory: Path) -> dict | None:

@@ -54,7 +54,7 @@ def train_command(nproc: int, run: RunSpec) -> list[str]:
 def evaluate_command(nproc: int, todo: Evaluation, run: RunSpec, launch: Launch) -> list[str]:
     """train.evaluate on a split of the shards, writing every image's logits (what the paired
     tests need), with the run's DALI threads and device."""
-    passed = ["--ema"] if todo.ema else []
+    passed = ["--ema"] if todo.ema else ["--no_ema"]
     if todo.real:
         passed += ["--real_labels", str(launch.real_labels)]
     passed += ["--workers", str(run.config.workers)] if run.config.workers else []

@@ -22,7 +22,7 @@ from train.compare.tables import (
     read_run,
     speed_ratios,
 )
-from train.logs import csv_text
+from train.logs import csv_text, recorded_config
 
 
 def write_report(groups: dict[str, list[Path]], out: Path) -> str:
@@ -33,6 +33,7 @@ def write_report(groups: dict[str, list[Path]], out: Path) -> str:
         for name, dirs in groups.items()
     }
     runs = [r for rs in arms.values() for r in rs]
+    run_dirs = [d for dirs in groups.values() for d in dirs]
     diff = difference(runs[0], runs[1]) if len(runs) == 2 else None
     out.mkdir(parents=True, exist_ok=True)
     rows = [{k: r[k] for k in COLUMNS} for r in runs] + ([diff] if diff else [])
@@ -49,7 +50,9 @@ def write_report(groups: dict[str, list[Path]], out: Path) -> str:
     text += verdicts.markdown(tests, seeds, evaluated=bool(tests or seeds))
     text += verdicts.sets_markdown(accuracies or {}, sets)
     write_atomic(out / "comparison.md", text)
-    record = {"runs": rows, "paired": tests, "seeds": seeds, "sets": accuracies}
+    configs = {r["run"]: recorded_config(Path(d)) for r, d in zip(runs, run_dirs, strict=True)}
+    record = {"runs": rows, "configs": configs, "paired": tests, "seeds": seeds}
+    record["sets"] = accuracies
     write_atomic(out / "comparison.json", json.dumps(record, indent=1) + "\n")
     plot(arms, out / "comparison.png")
     return text

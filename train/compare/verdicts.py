@@ -14,6 +14,7 @@ import numpy as np
 
 from train.compare.arms import logits_file
 from train.compare.stats import Seeds, larger_noise, paired, sampling_error, verdict, welch
+from train.metrics import correct_np
 
 
 class DifferentImages(Exception):
@@ -48,7 +49,7 @@ def correctness(
         return None
     with np.load(path) as saved:
         if not where.real:
-            return saved["keys"], saved["logits"].argmax(1) == saved["labels"]
+            return saved["keys"], correct_np(saved["logits"], saved["labels"])
         if "real_correct" not in saved.files:
             return None
         real = saved["real_correct"]
