@@ -24,6 +24,11 @@ OUT ?= results/rn$(DEPTH)-sd$(SD)
 # make compare writes to OUT when it is given, else to its own folder.
 COMPARE_OUT = $(if $(filter command line environment,$(origin OUT)),$(OUT),results/compare-rn$(DEPTH))
 WEIGHTS ?=
+# make export: a run folder (or checkpoint), the format, and where (default: beside the run).
+RUN ?=
+FORMAT ?= safetensors
+EXPORT_OUT ?= $(if $(filter %.pt %.pth,$(RUN)),$(dir $(RUN)),$(RUN:/=)/)export-$(FORMAT)
+IMAGES ?=
 MODE ?= sequential
 ARGS ?=
 # The benchmarks read SHARDS when it holds shards, else a generated ImageNet-like set.
@@ -31,24 +36,24 @@ BENCH_DATA = $(if $(wildcard $(SHARDS)/manifest.json),--data_dir "$(SHARDS)",--i
 
 .DEFAULT_GOAL := help
 .PHONY: help install venv test test-slow test-gpu lint docs models shards verify-shards \
-	train evaluate compare demo bench-prep bench-input bench-train bench-checkpoint
+	train evaluate export predict compare demo bench-prep bench-input bench-train bench-checkpoint
 
 help: ## list the targets (this)
 	@echo "make TARGET [VARIABLE=value ...]; the variables are at the top of the Makefile"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-install: .venv/.installed ## create .venv: PyTorch, the matching DALI build, the dev tools (DALI=cuda12 to choose)
+install: .venv/.installed ## create .venv: PyTorch, the matching DALI build, ONNX export, the dev tools (DALI=cuda12 to choose)
 
 .venv/.installed: pyproject.toml tests/constraints.txt Makefile
 	test -x $(VENV_PYTHON) || python3 -m venv .venv
-	$(VENV_PYTHON) -m pip install -q -c tests/constraints.txt -e '.[dev]'
+	$(VENV_PYTHON) -m pip install -q -c tests/constraints.txt -e '.[dev,export]'
 	extra="$(DALI)"; \
 	case "$$extra" in nvidia-dali-cuda120) extra=cuda12;; nvidia-dali-cuda130) extra=cuda13;; esac; \
 	if [ "$$extra" = auto ]; then \
 	  extra=$$($(VENV_PYTHON) -c 'import torch; print("cuda13" if (torch.version.cuda or "").startswith("13") else "cuda12")'); \
 	fi; \
 	echo "installing DALI as .[$$extra] (PyTorch CUDA: $$($(VENV_PYTHON) -c 'import torch; print(torch.version.cuda or "none")'))"; \
-	$(VENV_PYTHON) -m pip install -q -c tests/constraints.txt -e ".[dev,$$extra]"
+	$(VENV_PYTHON) -m pip install -q -c tests/constraints.txt -e ".[dev,export,$$extra]"
 	$(VENV_PYTHON) -c 'import torch, nvidia.dali; print("torch", torch.__version__, "| DALI", nvidia.dali.__version__)'
 	touch $@
 
@@ -93,10 +98,18 @@ train: venv ## train ResNet-DEPTH (SD=1: stochastic depth) on SHARDS into OUT, o
 	  --nproc_per_node=$(GPUS) --max_restarts=$(MAX_RESTARTS) -m train \
 	  --data_dir "$(SHARDS)" --out "$(OUT)" --depth $(DEPTH) --sd $(SD) $(ARGS)
 
-evaluate: venv ## top-1/top-5 of WEIGHTS (a checkpoint or torchvision .pth) on SHARDS' val, on GPUS GPUs
+evaluate: venv ## top-1/top-5 of WEIGHTS (a run, checkpoint, export or torchvision .pth) on SHARDS' val
 	@test -n "$(WEIGHTS)" || { echo "usage: make evaluate WEIGHTS=results/rn50-sd1/best.pt [SHARDS=shards] [GPUS=1] [ARGS='--json eval.json']"; exit 2; }
 	$(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS) -m train.evaluate \
 	  --data_dir "$(SHARDS)" --weights "$(WEIGHTS)" $(ARGS)
+
+export: venv ## RUN's best weights as FORMAT (torchvision, safetensors, pt2, onnx) into EXPORT_OUT
+	@test -n "$(RUN)" || { echo "usage: make export RUN=results/rn50-sd1 [FORMAT=safetensors] [EXPORT_OUT=RUN/export-FORMAT] [ARGS='--no_ema']"; exit 2; }
+	$(PYTHON) -m train.export "$(RUN)" --format $(FORMAT) --out "$(EXPORT_OUT)" $(ARGS)
+
+predict: venv ## the top-5 classes of IMAGES (files, folders, globs) with WEIGHTS (a run or export)
+	@test -n "$(IMAGES)" -a -n "$(WEIGHTS)" || { echo "usage: make predict IMAGES='photos/*.jpg' WEIGHTS=results/rn50-sd1 [ARGS='--topk 3 --json predictions.json']"; exit 2; }
+	$(PYTHON) -m train.predict $(IMAGES) --weights "$(WEIGHTS)" $(ARGS)
 
 compare: venv ## baseline against SD (or any arms: ARGS) into OUT, on GPUS GPUs; MODE=parallel
 	$(PYTHON) -m train.compare --data_dir "$(SHARDS)" --out "$(COMPARE_OUT)" --gpus $(GPUS) \
@@ -108,7 +121,7 @@ demo: venv ## the whole product on scikit-learn's digits: prep, baseline vs SD, 
 bench-prep: venv ## prep's images/s against a bare read + decode (JSON in benchmarks/runs/)
 	$(PYTHON) -m prep.bench $(ARGS)
 
-bench-input: venv ## the DALI train pipeline against torchvision + PIL in a DataLoader
+bench-input: venv ## the train reader against DALI's webdataset reader and a DataLoader
 	$(PYTHON) -m train.bench input $(BENCH_DATA) $(ARGS)
 
 bench-train: venv ## training images/s, synthetic and DALI input (ARGS="--sd_modes off,batch,sample")

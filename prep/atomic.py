@@ -35,6 +35,20 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """atomic_file for a writer that takes a file name (safetensors, ONNX): the temporary
+    name to write; on a clean exit the file is fsynced and renamed to `path`."""
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     """`data` (text is written as UTF-8) to `path`, whole or not at all."""
     with atomic_file(path) as f:

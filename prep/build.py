@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from prep.archives import INDEX_DIR, Reader
 from prep.atomic import TEMPORARY_GLOB, remove_temporaries, temporary_name, write_atomic
+from prep.class_names import CLASS_NAMES, names_text
 from prep.errors import PrepError
 from prep.images import inspect_image
 from prep.layout import Sample, Scan
@@ -254,7 +255,7 @@ def our_files(out: Path) -> list[Path]:
     for state in out.glob(eval_state("*")):  # an unfinished eval_set NAME: .prep-NAME/
         name = state.name[len(eval_state("")) :]
         found |= {*out.glob(f"{name}-*.tar"), *out.glob(f"{name}-*.idx")}
-    found |= {p for p in (out / "manifest.json", out / "classes.txt")}
+    found |= {p for p in (out / "manifest.json", out / "classes.txt", out / CLASS_NAMES)}
     return sorted(p for p in found if p.exists())
 
 
@@ -396,6 +397,7 @@ def build_manifest(scanned: Scan, fp: dict, options: PrepOptions, records: list[
         "num_classes": len(scanned.classes),
         "cls_digits": cls_digits(len(scanned.classes)),
         "classes": list(scanned.classes),
+        "class_names": CLASS_NAMES,  # the classes' names, one a line (prep.class_names)
         "splits": splits,
         "ignored_files": scanned.ignored,
         "fingerprint": fp,
@@ -502,6 +504,7 @@ def build(
     (out / STATE_DIR).mkdir(exist_ok=True)
     write_atomic(out / STATE_DIR / "plan.json", json.dumps(fp, indent=1).encode())
     write_atomic(out / "classes.txt", "".join(f"{c}\n" for c in scanned.classes).encode())
+    write_atomic(out / CLASS_NAMES, names_text(scanned.names or scanned.classes))
     remove_temporaries(out)  # left by a killed run
 
     tasks, done_images = pending_tasks(scanned, shards, out, options)

@@ -23,6 +23,7 @@ SYNSET_FIELDS = ("ILSVRC2012_ID", "WNID", "num_children")
 @dataclass(frozen=True)
 class Devkit:
     wnid_of_id: dict[int, str]  # ILSVRC2012_ID of a leaf synset -> its WordNet id
+    words: dict[str, str]  # WordNet id of a leaf synset -> its names (`words`), if it has them
     ground_truth: list[int]  # the ILSVRC2012_ID of each val image, in file-name order
 
 
@@ -44,8 +45,9 @@ def devkit_members(path: str) -> dict[str, bytes]:
     return found
 
 
-def leaf_synsets(meta: bytes, path: str) -> dict[int, str]:
-    """{ILSVRC2012_ID: WNID} of meta.mat's leaf synsets, checked against themselves."""
+def leaf_synsets(meta: bytes, path: str) -> tuple[dict[int, str], dict[str, str]]:
+    """({ILSVRC2012_ID: WNID}, {WNID: words}) of meta.mat's leaf synsets, checked against
+    themselves."""
     from scipy.io import loadmat
 
     where = f"{path}: {META}"
@@ -62,15 +64,17 @@ def leaf_synsets(meta: bytes, path: str) -> dict[int, str]:
             f"{where}: the synsets lack the fields {', '.join(missing)} (found "
             f"{', '.join(names)}): it is not the ILSVRC 2012 devkit ({DEVKIT})"
         )
-    leaves = {}
+    leaves, words = {}, {}
     for s in synsets.reshape(-1):
         if int(s["num_children"]) == 0:
             leaves[int(s["ILSVRC2012_ID"])] = str(s["WNID"])
+            if "words" in names:
+                words[str(s["WNID"])] = str(s["words"])
     if sorted(leaves) != list(range(1, len(leaves) + 1)):
         raise PrepError(f"{where}: the leaf synsets' ILSVRC2012_IDs are not 1..{len(leaves)}")
     if len(set(leaves.values())) != len(leaves):
         raise PrepError(f"{where}: two leaf synsets share a WordNet id")
-    return leaves
+    return leaves, words
 
 
 def read_ground_truth(text: str, path: str, num_classes: int) -> list[int]:
@@ -93,9 +97,9 @@ def read_ground_truth(text: str, path: str, num_classes: int) -> list[int]:
 
 def read_devkit(path: str) -> Devkit:
     members = devkit_members(path)
-    leaves = leaf_synsets(members[META], path)
+    leaves, words = leaf_synsets(members[META], path)
     truth = members[GROUND_TRUTH].decode()
-    return Devkit(leaves, read_ground_truth(truth, path, len(leaves)))
+    return Devkit(leaves, words, read_ground_truth(truth, path, len(leaves)))
 
 
 def check_devkit(devkit: Devkit, classes: list[str], val_names: list[str], path: str) -> None:

@@ -49,8 +49,8 @@ JSON = Flag(
     "json",
     str,
     None,
-    "also write the figures as JSON to this file (the benchmarks write theirs under "
-    "benchmarks/runs/ when it is not given)",
+    "also write the figures (train.predict: every image's top-k) as JSON to this file (the "
+    "benchmarks write theirs under benchmarks/runs/ when it is not given)",
     metavar="FILE",
 )
 ROUNDS = Flag(

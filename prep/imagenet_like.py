@@ -259,7 +259,8 @@ def write_kaggle_zip(folders: str | Path, path: str | Path) -> None:
     base = "ILSVRC/Data/CLS-LOC"
     rows = []
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr("LOC_synset_mapping.txt", "".join(f"{w} class\n" for w in classes))
+        mapping = "".join(f"{w} kaggle class {i}, a name\n" for i, w in enumerate(classes))
+        z.writestr("LOC_synset_mapping.txt", mapping)
         for label, wnid in enumerate(classes):
             method = zipfile.ZIP_STORED if label == 0 else zipfile.ZIP_DEFLATED
             for f in class_files(folders / "train" / wnid):

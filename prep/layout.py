@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prep.archives import Location
+from prep.class_names import class_names, mapping_beside
 from prep.errors import PrepError
 
 # torchvision's ImageFolder extensions; anything else (.DS_Store, .txt, ...) is ignored.
@@ -46,6 +47,7 @@ class Scan:
     splits: dict[str, list[Sample]]  # "train" (sorted by class, then path), "val" (by key)
     ignored: int  # non-image files seen and ignored
     archives: tuple[str, ...] = ()  # the archives read (absolute paths); () for folders
+    names: tuple[str, ...] = ()  # each class's name (prep.class_names); () for the classes
 
 
 def is_image(name: str) -> bool:
@@ -244,4 +246,5 @@ def scan_folders(root: Path, val_labels: Path | None) -> Scan:
     else:
         val_samples, more = scan_val_flat(val, root, labels_file, class_index)
     splits = checked_splits(train_samples, val_samples, val)
-    return Scan(str(root), layout, classes, splits, ignored + more)
+    names = class_names(classes, mapping_beside(root))
+    return Scan(str(root), layout, classes, splits, ignored + more, names=names)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prep.archives import Entry, archive_entries, read_text_member, zip_entries
+from prep.class_names import SYNSET_MAPPING, class_names, parse_synset_mapping
 from prep.devkit import DEVKIT, check_devkit, read_devkit
 from prep.errors import PrepError
 from prep.layout import (
@@ -218,6 +219,7 @@ def scan_official(sources: Sources, index_dir: Path | None, workers: int) -> Sca
     images = flat_images(members)
     ignored += len(members) - len(images)
     names = [os.path.basename(e.name) for e in images]
+    words = None
     if sources.val_labels is not None:
         labels_file = sources.val_labels
         labels = flat_labels(names, read_val_labels(labels_file), str(labels_file), class_index)
@@ -226,9 +228,11 @@ def scan_official(sources: Sources, index_dir: Path | None, workers: int) -> Sca
         devkit = read_devkit(str(sources.devkit))
         check_devkit(devkit, classes, names, str(sources.devkit))
         labels = [class_index[devkit.wnid_of_id[i]] for i in devkit.ground_truth]
+        words = devkit.words
     splits = checked_splits(train_split, val_samples(images, val, labels), val)
     archives = tuple(str(p) for p in (train, val, sources.devkit) if p is not None)
-    return Scan(str(sources.root), "D", classes, splits, ignored, archives)
+    named = class_names(classes, words)
+    return Scan(str(sources.root), "D", classes, splits, ignored, archives, named)
 
 
 def scan_kaggle_zip(sources: Sources) -> Scan:
@@ -242,7 +246,7 @@ def scan_kaggle_zip(sources: Sources) -> Scan:
         raise PrepError(f"{archive} holds no {marker}: is it Kaggle's {KAGGLE_ZIP}?")
     train_root, val_root = prefix + marker, f"{prefix}{KAGGLE_ROOT}/val/"
     classes: dict[str, list[Entry]] = {}
-    val_members, csv = [], None
+    val_members, csv, mapping = [], None, None
     for e in entries:
         if e.name.startswith(train_root):
             wnid, sep, _ = e.name[len(train_root) :].partition("/")
@@ -252,6 +256,8 @@ def scan_kaggle_zip(sources: Sources) -> Scan:
             val_members.append(e)
         elif e.name == prefix + KAGGLE_VAL_CSV:
             csv = e
+        elif e.name == prefix + SYNSET_MAPPING:
+            mapping = e
     wnids, train_split, ignored = class_samples(classes, archive, "the class folder")
     images = flat_images(val_members)
     ignored += len(val_members) - len(images)
@@ -269,7 +275,12 @@ def scan_kaggle_zip(sources: Sources) -> Scan:
     class_index = {wnid: i for i, wnid in enumerate(wnids)}
     labels = flat_labels(names, table, labels_file, class_index)
     splits = checked_splits(train_split, val_samples(images, archive, labels), val_root)
-    return Scan(str(sources.root), "E", wnids, splits, ignored, (str(archive),))
+    known = None
+    if mapping is not None:
+        where = f"{archive}: {mapping.name}"
+        known = parse_synset_mapping(read_text_member(str(archive), mapping), where)
+    named = class_names(wnids, known)
+    return Scan(str(sources.root), "E", wnids, splits, ignored, (str(archive),), named)
 
 
 def scan(

@@ -24,6 +24,8 @@ from train.compare.__main__ import build_parser as compare_parser
 from train.config import build_parser as train_parser
 from train.demo import build_parser as demo_parser
 from train.evaluate import build_parser as evaluate_parser
+from train.export import build_parser as export_parser
+from train.predict import build_parser as predict_parser
 from train.report import build_parser as report_parser
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "flags.md"
@@ -36,6 +38,8 @@ COMMANDS = {
     "python -m train.evaluate": evaluate_parser,
     "python -m train.compare": compare_parser,
     "python -m train.report": report_parser,
+    "python -m train.export": export_parser,
+    "python -m train.predict": predict_parser,
     "python -m train.demo": demo_parser,
     "python -m models": models_parser,
     "python -m train.bench input": bench_input.build_parser,

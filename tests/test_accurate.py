@@ -28,7 +28,7 @@ from train.mixing import ERASE_AREA, ERASE_RATIO, cutmix_box, mix_batch, random_
 from train.recipes import RECIPES
 from train.shards import open_shards
 
-CPU = {"num_threads": 2, "device": "cpu", "seed": 3, "epoch": 0}
+CPU = {"num_threads": 2, "device": "cpu", "seed": 3}
 
 
 def first_batch(shards, **knobs) -> torch.Tensor:
@@ -139,6 +139,7 @@ def test_each_rank_draws_its_own_augmentation_and_a_resumed_run_the_same(tiny_sh
     same; batch-mode stochastic depth stays the same on every rank (DDP needs it)."""
     from train.loop import augmented, seed_draws
     from train.model import standalone_run
+    from train.order import Micro
 
     cfg = parse_config(["--random_erase", "1", "--mixup", "0.2", "--cutmix", "1.0",
                         "--device", "cpu", "--sd", "1"])  # fmt: skip
@@ -147,7 +148,7 @@ def test_each_rank_draws_its_own_augmentation_and_a_resumed_run_the_same(tiny_sh
 
     def draws(rank: int, epoch: int, batch: int):
         run = standalone_run(cfg, derive(cfg, rank, 1, 0), 6)  # no DDP: the draws need the rank
-        seed_draws(run, epoch, batch)
+        seed_draws(run, epoch, Micro(step=0, lo=batch, hi=batch + 6, last=True))
         mixed, targets = augmented(run, images, labels)
         return mixed, targets, run.model.draw_sd_decisions()
 

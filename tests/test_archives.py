@@ -85,6 +85,9 @@ def test_official_archives_give_the_shards_of_the_folders(
     ]
     skipped = {e["path"] for e in manifest["splits"]["train"]["skipped"]}
     assert f"{TRAIN_TAR}/n01440764.tar/n01440764_truncated.JPEG" in skipped
+    words = read_devkit(str(downloads / DEVKIT)).words  # the devkit's names for its classes
+    names = (out / manifest["class_names"]).read_text().splitlines()
+    assert names == [words[c] for c in manifest["classes"]] and names[0].startswith("class ")
     verify(out)
     # the same, the archives named one by one (the devkit found beside the val tar)
     named = tmp_path / "named"
@@ -103,6 +106,8 @@ def test_kaggle_zip_gives_the_shards_of_the_folders(kaggle_zip, tiny_shards, tmp
     assert source_free(manifest) == source_free(folders_manifest)
     assert manifest["source"]["layout"] == "E"
     assert scan(kaggle_zip.parent).layout == "E"  # or the folder that holds it
+    names = (out / "class_names.txt").read_text().splitlines()  # LOC_synset_mapping.txt's
+    assert names == [f"kaggle class {i}, a name" for i in range(len(manifest["classes"]))]
 
 
 def test_the_train_tar_is_walked_once_and_again_when_it_changes(

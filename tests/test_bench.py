@@ -78,7 +78,13 @@ def test_bench_times_blurpool_the_ema_and_the_automatic_augmentation(tiny_shards
          "--image_size", "32", "--warmup", "1", "--batches", "2", "--workers", "1",
          "--auto_augment", "ta_wide", "--json", str(out)]
     )  # fmt: skip
-    assert "DataLoader, torchvision's ta_wide" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "DataLoader, torchvision's ta_wide" in printed and "us of CPU per image" in printed
     result = json.loads(out.read_text())
-    assert set(result["results"]) == {"dali", "dataloader", "dali_auto", "dataloader_auto"}
-    assert result["ratios"]["dali_auto/dataloader_auto"] > 0
+    assert set(result["results"]) == {
+        "feed", "webdataset", "dataloader", "feed_auto", "dataloader_auto"
+    }  # fmt: skip
+    assert all(row["images_timed"] == 2 * 4 for row in result["results"].values())
+    assert result["ratio"] == result["ratios"]["feed/webdataset"] > 0
+    assert result["ratios"]["feed_auto/dataloader_auto"] > 0
+    assert result["feed_cpu_us_per_image"] > 0

@@ -107,7 +107,9 @@ def test_bad_weights_get_a_one_line_error(trained, tiny_shards, tmp_path, capsys
     )
     deeper = tmp_path / "resnet101.pth"  # torchvision's ResNet-101 keys, 3 classes
     torch.save(build_resnet(101, variant="v1.5", num_classes=3).state_dict(), deeper)
-    err = error_of(capsys, evaluate(tiny_shards, deeper))
+    assert evaluate(tiny_shards, deeper, "--image_size", "32") == 0  # its depth, from its keys
+    assert "ResNet-101 (v1.5, state_dict)" in capsys.readouterr().out
+    err = error_of(capsys, evaluate(tiny_shards, deeper, "--depth", "50"))
     assert "fits no ResNet-50 (v1.5: unexpected: layer3.6.conv1.weight" in err
     assert "preact: missing: " in err and "pass --depth 101" in err
     other_classes = tmp_path / "five_classes.pth"

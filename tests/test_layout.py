@@ -82,6 +82,7 @@ def entry_points() -> set[str]:
 def test_the_entry_points_are_found():
     assert entry_points() == {
         "train.__main__", "train.main", "train.evaluate", "train.report", "train.demo",
+        "train.export", "train.predict",
         "train.compare.__main__", "train.bench.__main__", "models.__main__", "prep.__main__",
         "prep.bench",
     }  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,9 +21,10 @@ import torch
 
 from tests.test_train import FAST, ROOT, comparable, history
 from train import checkpoint
+from train.ram_cache import RAM_DISK, cache_folder
 
 # Two ranks of 2 images each: 5 steps an epoch on the tiny shards, a log point at every step.
-FLAGS = [*FAST, "--epochs", "2", "--log_every", "1", "--batch", "4"]
+FLAGS = [*FAST, "--epochs", "2", "--log_every", "1", "--batch", "4", "--record_samples"]
 EVERY_LOG_POINT = ["--checkpoint_every_minutes", "0.0001"]  # a time-based save at each one
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 TWO_RANKS = ["--standalone", "--nproc_per_node", "2"]
@@ -83,6 +85,13 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
         time.sleep(0.05)
 
 
+def ram_copies(shards: Path) -> list[Path]:
+    """The --cache copies of these shards in /dev/shm, one per node (this test's only: other
+    runs on the machine may hold their own)."""
+    name = cache_folder(shards).name.rsplit("-node", 1)[0]
+    return sorted(RAM_DISK.glob(f"{name}-node*"))
+
+
 def assert_same_run(out: Path, reference: Path) -> None:
     """Each epoch once, with the same metrics (train ones included), and the same weights."""
     assert comparable(history(out)) == comparable(history(reference))
@@ -113,35 +122,51 @@ def test_two_nodes_train_as_one_node_of_two_ranks(tiny_shards, reference, tmp_pa
     assert_same_run(out, reference)
     copies = [line for o in outputs for line in o.splitlines() if "copied to" in line]
     assert len(copies) == 1 and copies[0].endswith("-node0")  # said by rank 0, on node 0
-    assert not list(Path("/dev/shm").glob(f"imagenet-shards-{os.getuid()}-*"))  # removed
+    assert not ram_copies(tiny_shards)  # removed
 
 
-def two_node_launcher(run_id: str) -> list[str]:
-    return ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
-            "--rdzv_endpoint", f"127.0.0.1:{free_port()}", "--rdzv_id", run_id]  # fmt: skip
+def elastic_launcher(endpoint: str) -> list[str]:
+    """One of two torchrun nodes of an elastic job: 1 to 2 nodes, one restart; a group that
+    lost a node meets again after last_call_timeout with the nodes left."""
+    return ["--nnodes", "1:2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+            "--rdzv_endpoint", endpoint, "--rdzv_id", "elastic", "--max_restarts", "1",
+            "--rdzv_conf", "last_call_timeout=10"]  # fmt: skip
 
 
 @pytest.mark.slow
-def test_a_killed_node_ends_the_job_and_the_rerun_resumes(tiny_shards, reference, tmp_path):
-    out = tmp_path / "node_lost"
-    # the survivor's collective may wait for the lost node until --dist_timeout_minutes
-    extra = [*EVERY_LOG_POINT, "--dist_timeout_minutes", "0.25"]
-    cmd = torchrun(two_node_launcher("node-lost"), tiny_shards, out, *extra)
-    nodes = [start(cmd) for _ in range(2)]
-    wait_for(out / "last.pt", nodes[0])
-    for pid in [nodes[1].pid, *children(nodes[1].pid)]:  # the node: its agent and its worker
-        os.kill(pid, signal.SIGKILL)
-    finish(nodes[1])
-    output = finish(nodes[0])
-    assert nodes[0].returncode != 0, output[-3000:]  # the surviving node's job ends
-    saved = checkpoint.load(out / "last.pt")
-    assert saved["epoch"] < 2  # killed mid-run
-    cmd = torchrun(two_node_launcher("node-lost-rerun"), tiny_shards, out, *extra)
-    rerun = [start(cmd) for _ in range(2)]
-    outputs = [finish(node) for node in rerun]
-    assert [n.returncode for n in rerun] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
-    assert "resuming from" in "".join(outputs)
-    assert_same_run(out, reference)
+def test_a_lost_node_leaves_the_other_to_finish_alone_with_every_sample_once(
+    tiny_shards, reference, tmp_path
+):
+    """make train NODES=1:2: one of two nodes is killed (its agent and worker) inside an
+    epoch; the other one's group meets again on one node, resumes from last.pt at the step
+    it holds and finishes the run alone: every epoch trained each sample once, each step the
+    samples of the uninterrupted two-rank run's (weights differ: other ranks, other draws).
+    Its --cache copy outlives the restart, and goes when the run ends."""
+    from tests.test_order import sample_lines
+
+    out, endpoint = tmp_path / "elastic", f"127.0.0.1:{free_port()}"
+    extra = [*EVERY_LOG_POINT, "--dist_timeout_minutes", "0.25", "--cache"]
+    cmd = torchrun(elastic_launcher(endpoint), tiny_shards, out, *extra)
+    try:
+        nodes = [start(cmd)]  # the first hosts the rendezvous: the one that must outlive the other
+        time.sleep(1)
+        nodes.append(start(cmd))
+        wait_for(out / "last.pt", nodes[0])
+        for pid in [nodes[1].pid, *children(nodes[1].pid)]:  # the node: its agent and its worker
+            os.kill(pid, signal.SIGKILL)
+        finish(nodes[1])
+        output = finish(nodes[0])
+        assert nodes[0].returncode == 0, output[-3000:]
+        assert "saved on 2 ranks" in output  # it went on with one
+        assert sample_lines(out) == sample_lines(reference)
+        rows = history(out)
+        assert len(rows) == 2 and rows[-1]["world_size"] == "1"
+        copies = [line for line in output.splitlines() if "copied to" in line]
+        assert len(copies) == 2 and "node0" in copies[0]  # the first attempt's, then the restart's
+        assert [c.name[-6:] for c in ram_copies(tiny_shards)] == ["-node1"]  # the killed one's
+    finally:  # the killed node's copy stays, as on a machine of its own: remove it
+        for copy in ram_copies(tiny_shards):
+            shutil.rmtree(copy, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -189,7 +214,7 @@ def test_sigterm_to_the_agent_saves_mid_epoch_and_the_rerun_ends_as_uninterrupte
     assert proc.returncode != 0, output[-3000:]
     assert "SIGTERM received" in output and "rerun the same command to resume" in output
     saved = checkpoint.load(out / "last.pt")
-    assert saved["batches_done"] > 0 or saved["epoch"] > 0
+    assert saved["steps_done"] > 0 or saved["epoch"] > 0
     rerun = start(cmd)
     output = finish(rerun)
     assert rerun.returncode == 0, output[-3000:]
@@ -245,7 +270,7 @@ def test_a_full_disk_during_a_time_based_save_keeps_the_last_one_and_goes_on(tin
     assert result.returncode == 0, output[-3000:]
     assert "warning: could not save" in output and "No space left on device" in output
     saved = checkpoint.load(out / "last.pt")
-    assert (saved["epoch"], saved["batches_done"]) == (0, 1)  # the first save, kept whole
+    assert (saved["epoch"], saved["steps_done"]) == (0, 1)  # the first save, kept whole
     assert len(history(out)) == 1  # the run went on to the end
     assert not list(out.glob(".*.tmp.*"))
 

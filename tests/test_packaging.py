@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PINNED = (
     "torch", "torchvision", "nvidia-dali-cuda120", "nvidia-dali-cuda130", "numpy", "pillow",
-    "scipy", "tensorboard", "webdataset",
+    "scipy", "tensorboard", "webdataset", "safetensors", "onnx", "onnxscript", "onnxruntime",
 )  # fmt: skip
 
 
@@ -33,7 +33,9 @@ def test_dali_is_an_extra_and_the_constraints_pin_every_package_the_tests_use():
     assert set(PINNED) <= set(pins), set(PINNED) - set(pins)
     assert pins["nvidia-dali-cuda120"] == pins["nvidia-dali-cuda130"]
     install = (ROOT / "Makefile").read_text().split(".venv/.installed:")[1].split("\n\n")[0]
-    assert install.count("-c tests/constraints.txt") == 2 and '".[dev,$$extra]"' in install
+    assert install.count("-c tests/constraints.txt") == 2 and '".[dev,export,$$extra]"' in install
+    assert re.search(r'^export = \["onnx', project, flags=re.MULTILINE)  # the optional extra
+    assert '"safetensors' in dependencies
 
 
 def commands_without_dali(shards: Path, out: Path) -> dict:
@@ -42,6 +44,7 @@ def commands_without_dali(shards: Path, out: Path) -> dict:
     from train.demo import main as demo
     from train.evaluate import main as evaluate
     from train.main import main as train
+    from train.predict import main as predict
 
     data = ["--data_dir", str(shards)]
     return {
@@ -51,6 +54,7 @@ def commands_without_dali(shards: Path, out: Path) -> dict:
         "train.bench input": lambda: bench(["input", *data]),
         "train.bench train": lambda: bench(["train", *data]),
         "train.demo": lambda: demo(["--out", str(out / "d")]),
+        "train.predict": lambda: predict([str(shards), "--weights", str(out / "w.pt")]),
     }
 
 

@@ -91,6 +91,9 @@ def test_manifest_lists_repairs_skips_and_classes(tiny_imagenet, tiny_shards):
     assert train["num_samples"] == len(expected_samples(tiny_imagenet))
     assert manifest["classes"] == tiny_imagenet["classes"]
     assert (tiny_shards / "classes.txt").read_text().split() == tiny_imagenet["classes"]
+    # names: ImageNet-1k's for its WordNet ids (n01440764), the folder's name for the others
+    names = (tiny_shards / manifest["class_names"]).read_text().splitlines()
+    assert names == ["tench, Tinca tinca", *tiny_imagenet["classes"][1:]]
     for shard in train["shards"]:
         path = tiny_shards / shard["tar"]
         assert path.stat().st_size == shard["bytes"]

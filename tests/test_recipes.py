@@ -3,7 +3,7 @@ flip TTA, named recipes and the dry run's plan."""
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import math
 import os
@@ -206,34 +206,62 @@ def test_the_dry_run_prints_the_plan_and_touches_nothing(tmp_path, capsys):
 
 
 class StopAt:
-    """Wraps train.inputs.make_loader: records the image size of every train batch per
-    epoch, and sends this process SIGTERM as batch `batch` of epoch `epoch` is handed over."""
+    """Wraps train.inputs.TrainData.epoch: records the image size of every train micro-batch
+    per epoch, and sends this process SIGTERM as micro-batch `batch` of epoch `epoch` is
+    handed over."""
 
-    def __init__(self, make_loader, epoch=None, batch=None):
-        self.make_loader, self.epoch, self.batch, self.sizes = make_loader, epoch, batch, {}
+    def __init__(self, epoch=None, batch=None):
+        import train.inputs
 
-    def __call__(self, *args, **kwargs):
-        loader = self.make_loader(*args, **kwargs)
-        if kwargs.get("epoch") is None:  # the val loader
-            return loader
-        return Recorded(self, loader, kwargs["epoch"])
+        self.original = train.inputs.TrainData.epoch
+        while isinstance(self.original, StopAt):  # another test's, still patched in
+            self.original = self.original.original
+        self.epoch, self.batch, self.sizes, self.counts = epoch, batch, {}, {}
 
+    def __get__(self, data, owner=None):  # a method of TrainData, as the one it wraps
+        return self if data is None else functools.partial(self.__call__, data)
 
-@dataclasses.dataclass
-class Recorded:
-    stop: StopAt
-    loader: object
-    epoch: int
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        for i, (images, labels) in enumerate(self.loader):
-            self.stop.sizes.setdefault(self.epoch, set()).add(tuple(images.shape[2:]))
-            if (self.epoch, i) == (self.stop.epoch, self.stop.batch):
+    def __call__(self, data, epoch: int, start_step: int = 0):
+        for i, (images, labels, micro) in enumerate(self.original(data, epoch, start_step)):
+            self.sizes.setdefault(epoch, set()).add(tuple(images.shape[2:]))
+            self.counts[epoch] = i + 1
+            if (epoch, i) == (self.epoch, self.batch):
                 os.kill(os.getpid(), signal.SIGTERM)
-            yield images, labels
+            yield images, labels, micro
+
+
+@pytest.mark.slow
+def test_a_stop_at_an_epochs_last_step_resumes_with_its_evaluation_and_the_next_epoch(
+    tiny_shards, tmp_path, monkeypatch
+):
+    """SIGTERM as the last micro-batch of epoch 1 is handed over: the save after that step
+    holds every step of it, and the feed at epoch 2's start; the rerun trains nothing of
+    epoch 1, evaluates it, and ends as the uninterrupted run, bit for bit."""
+    import train.inputs
+
+    flags = [*FAST, "--data_dir", str(tiny_shards), "--epochs", "2", "--log_every", "1"]
+    whole = StopAt()
+    monkeypatch.setattr(train.inputs.TrainData, "epoch", whole)
+    reference = tmp_path / "reference"
+    assert main([*flags, "--out", str(reference)]) == 0
+    stopped = StopAt(epoch=0, batch=whole.counts[0] - 1)  # the epoch's last micro-batch
+    monkeypatch.setattr(train.inputs.TrainData, "epoch", stopped)
+    out = tmp_path / "stopped"
+    assert main([*flags, "--out", str(out)]) == 128 + signal.SIGTERM
+    saved = checkpoint.load(out / "last.pt")
+    steps = json.loads((out / "config.json").read_text())["derived"]["steps_per_epoch"]
+    assert (saved["epoch"], saved["steps_done"]) == (0, steps) and saved["feed"]["epoch"] == 1
+    resumed = StopAt()
+    monkeypatch.setattr(train.inputs.TrainData, "epoch", resumed)
+    assert main([*flags, "--out", str(out)]) == 0
+    assert resumed.counts == {1: whole.counts[1]}  # nothing of epoch 1 again
+    timing = ("epoch_seconds", "images_per_second", "run_seconds")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in history(out)] == [
+        {k: v for k, v in r.items() if k not in timing} for r in history(reference)
+    ]
+    a, b = checkpoint.load(out / "last.pt"), checkpoint.load(reference / "last.pt")
+    for k in b["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
 
 
 @pytest.mark.slow
@@ -245,8 +273,8 @@ def test_progressive_resizing_and_ema_resume_mid_epoch_exactly(tiny_shards, tmp_
     flags = [*FAST, "--data_dir", str(tiny_shards), "--epochs", "3", "--log_every", "1"]
     flags += ["--min_res", "32", "--max_res", "64", "--start_ramp", "0", "--end_ramp", "1"]
     flags += ["--ema", "--ema_halflife", "0.5", "--tta", "--lr_schedule", "linear"]
-    whole = StopAt(train.inputs.make_loader)
-    monkeypatch.setattr(train.inputs, "make_loader", whole)
+    whole = StopAt()
+    monkeypatch.setattr(train.inputs.TrainData, "epoch", whole)
     reference = tmp_path / "reference"
     assert main([*flags, "--out", str(reference)]) == 0
     assert whole.sizes == {0: {(32, 32)}, 1: {(64, 64)}, 2: {(64, 64)}}
@@ -260,15 +288,15 @@ def test_progressive_resizing_and_ema_resume_mid_epoch_exactly(tiny_shards, tmp_
     assert derived["train_resolution"] == {
         "min_res": 32, "max_res": 64, "start_ramp": 0, "end_ramp": 1
     }  # fmt: skip
-    assert derived["ema_decay_per_step"] == pytest.approx(0.5 ** (1 / (0.5 * 3)))
-    stopped = StopAt(whole.make_loader, epoch=1, batch=1)
-    monkeypatch.setattr(train.inputs, "make_loader", stopped)
+    assert derived["ema_decay_per_step"] == pytest.approx(0.5 ** (1 / (0.5 * (21 // 8))))
+    stopped = StopAt(epoch=1, batch=0)
+    monkeypatch.setattr(train.inputs.TrainData, "epoch", stopped)
     out = tmp_path / "stopped"
     assert main([*flags, "--out", str(out)]) == 128 + signal.SIGTERM
     saved = checkpoint.load(out / "last.pt")
-    assert (saved["epoch"], saved["batches_done"]) == (1, 2) and saved["ema"] is not None
-    resumed = StopAt(whole.make_loader)
-    monkeypatch.setattr(train.inputs, "make_loader", resumed)
+    assert (saved["epoch"], saved["steps_done"]) == (1, 1) and saved["ema"] is not None
+    resumed = StopAt()
+    monkeypatch.setattr(train.inputs.TrainData, "epoch", resumed)
     assert main([*flags, "--out", str(out)]) == 0
     assert resumed.sizes == {1: {(64, 64)}, 2: {(64, 64)}}  # the epoch it stopped in: 64 px
     timing = ("epoch_seconds", "images_per_second", "run_seconds")

@@ -21,7 +21,7 @@ from train import checkpoint
 from train.config import ConfigError, check, derive, parse_config
 from train.logs import HISTORY_FIELDS
 from train.main import main
-from train.schedule import FINAL_LR, batches_per_epoch, lr_at
+from train.schedule import FINAL_LR, lr_at
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--image_size", "32", "--batch", "8", "--workers", "2", "--warmup_epochs", "1"]
@@ -106,7 +106,7 @@ def test_a_two_epoch_run_writes_every_output(two_epochs, tiny_shards):
     )
     assert "torch" in config["machine"] and config["code_version"]
     last = checkpoint.load(out / "last.pt")
-    assert last["epoch"] == 2 and last["batches_done"] == 0 and len(last["history"]) == 2
+    assert last["epoch"] == 2 and last["steps_done"] == 0 and len(last["history"]) == 2
     assert "fc.weight" in last["model"] and last["num_classes"] == 3
     assert {"torch", "python", "numpy", "stochastic_depth"} <= set(last["rng"])
     assert len(scalars(out, "train/loss")) >= 4 and set(scalars(out, "epoch/val_top1")) == {1, 2}
@@ -147,17 +147,10 @@ def test_lr_formula_at_chosen_steps():
     assert all(lr(s) >= lr(s + 1) for s in range(10, 109))
 
 
-def test_batches_per_epoch_match_dali_padding():
-    assert batches_per_epoch(13, 3, 4) == (2, True)  # shards 4, 4, 5: two empty last batches
-    assert batches_per_epoch(13, 2, 4) == (2, False)  # shards 6, 7: last batches of 2 and 3
-    assert batches_per_epoch(21, 1, 4) == (6, True)  # a last batch of 1
-    assert batches_per_epoch(1_281_167, 8, 32) == (5005, False)
-
-
 @pytest.mark.parametrize(
     "flags,message",
     [
-        (["--batch", "10", "--accum", "3"], "not divisible by ranks x accum = 1 x 3"),
+        (["--batch", "10", "--accum", "11"], "leaves no sample per micro-batch"),
         (["--sd", "1", "--pL", "1.5"], "--pL 1.5 must be in (0, 1]"),
         (["--sd", "1", "--pL", "0"], "--pL 0.0 must be in (0, 1]"),
         (["--min_res", "48"], "--min_res 48 must be a multiple of 32"),
@@ -189,9 +182,12 @@ def test_the_default_warmup_fits_short_runs_and_a_given_one_is_kept(flags, warmu
     assert derive(cfg, 0, 1, 0).warmup_epochs == warmup
 
 
-def test_batch_must_divide_over_ranks():
-    with pytest.raises(ConfigError, match="not divisible by ranks x accum = 3 x 1"):
-        check(parse_config(["--batch", "256"]), world_size=3)
+def test_a_batch_needs_two_samples_a_rank_and_no_longer_divides_over_them():
+    with pytest.raises(ConfigError, match="--batch 5 gives some of the 3 ranks fewer than 2"):
+        check(parse_config(["--batch", "5"]), world_size=3)
+    check(parse_config(["--batch", "256"]), world_size=3)  # pieces of 86, 85, 85
+    with pytest.raises(ConfigError, match="--repeated_aug 3 must be at least 1 and divide"):
+        check(parse_config(["--batch", "256", "--repeated_aug", "3"]), world_size=1)
 
 
 def test_cli_errors_name_the_problem_without_a_traceback(tiny_imagenet, tmp_path):
@@ -209,8 +205,8 @@ def test_cli_errors_name_the_problem_without_a_traceback(tiny_imagenet, tmp_path
     depth = run("--depth", "34")
     assert depth.returncode == 2 and "invalid choice: 34" in depth.stderr
     # Every problem at once: the flags' and the data folder's.
-    bad = run("--data_dir", raw_folder, "--pL", "2", "--batch", "7", "--accum", "2")
-    assert bad.returncode == 2 and "--pL 2.0" in bad.stderr and "--batch 7" in bad.stderr
+    bad = run("--data_dir", raw_folder, "--sd", "1", "--pL", "2", "--batch", "1")
+    assert bad.returncode == 2 and "--pL 2.0" in bad.stderr and "--batch 1" in bad.stderr
     assert "make shards DATA=" in bad.stderr and "Traceback" not in bad.stderr
     helptext = run("--help").stdout
     for flag in (
@@ -435,7 +431,7 @@ def test_sigterm_saves_mid_epoch_and_the_resumed_run_ends_as_an_uninterrupted_on
     assert proc.returncode == 128 + signal.SIGTERM, output
     assert "rerun the same command to resume" in output
     saved = checkpoint.load(out / "last.pt")
-    assert saved["batches_done"] > 0 or saved["epoch"] > 0
+    assert saved["steps_done"] > 0 or saved["epoch"] > 0
     assert run_main(tiny_shards, out, *flags) == 0
     assert comparable(history(out)) == comparable(history(reference))
 
@@ -447,24 +443,24 @@ def test_a_stop_inside_an_accumulated_step_resumes_bit_for_bit(tiny_shards, tmp_
     history of the uninterrupted one, to the bit (no gradient half accumulated is lost)."""
     import train.loop as loop
 
-    flags = ["--epochs", "1", "--batch", "8", "--accum", "2", "--log_every", "1"]
+    flags = ["--epochs", "1", "--batch", "6", "--accum", "2", "--log_every", "1"]
     flags += ["--mixup", "0.2", "--random_erase", "0.5"]
     reference = tmp_path / "reference"
     assert run_main(tiny_shards, reference, *flags) == 0
     real, boundaries = loop.train_step, []
 
-    def stepping(run, images, labels, boundary, step=0):
+    def stepping(run, images, labels, boundary, step=0, share=1.0):
         boundaries.append(boundary)
-        if len(boundaries) == 3:  # micro-batch 3 of the epoch: the first of step 2
+        if len(boundaries) == 3:  # micro-batch 3 of the epoch: the first of step 2 (of 3)
             assert not boundary
             os.kill(os.getpid(), signal.SIGTERM)
-        return real(run, images, labels, boundary, step)
+        return real(run, images, labels, boundary, step, share)
 
     monkeypatch.setattr(loop, "train_step", stepping)
     out = tmp_path / "stopped"
     assert run_main(tiny_shards, out, *flags) == 128 + signal.SIGTERM
     assert boundaries == [False, True, False, True]  # it finished step 2, then stopped
-    assert checkpoint.load(out / "last.pt")["batches_done"] == 4
+    assert checkpoint.load(out / "last.pt")["steps_done"] == 2
     monkeypatch.undo()
     assert run_main(tiny_shards, out, *flags) == 0
     a, b = checkpoint.load(out / "last.pt"), checkpoint.load(reference / "last.pt")
@@ -534,7 +530,7 @@ def test_a_stop_after_an_epochs_last_batch_resumes_into_its_evaluation(tiny_shar
     batches = config["derived"]["steps_per_epoch"]
     state.update(
         epoch=0,
-        batches_done=batches,
+        steps_done=batches,
         history=[],
         best_top1=-1.0,
         totals=torch.tensor([totals], dtype=torch.float32),  # (ranks, 3)
@@ -602,10 +598,11 @@ def test_gradient_accumulation_takes_one_step_per_accum_batches(tiny_shards, tmp
     assert run_main(tiny_shards, out, "--epochs", "1", "--accum", "2", "--log_every", "1") == 0
     derived = json.loads((out / "config.json").read_text())["derived"]
     assert derived["micro_batch"] == 4
-    # 21 samples in micro-batches of 4: 6 batches, the last (1 sample) skipped, 3 steps
-    assert derived["steps_per_epoch"] == 3
-    assert sorted(scalars(out, "train/lr")) == [0, 1, 2]
-    assert checkpoint.load(out / "last.pt")["history"][0]["train_samples"] == 20
+    # 21 samples at batch 8: 2 steps, the second taking the remainder (13 samples: micro-
+    # batches of 5, 4 and 4); every sample trained
+    assert derived["steps_per_epoch"] == 2
+    assert sorted(scalars(out, "train/lr")) == [0, 1]
+    assert checkpoint.load(out / "last.pt")["history"][0]["train_samples"] == 21
 
 
 def test_resume_none_starts_over_and_resume_path_continues_elsewhere(

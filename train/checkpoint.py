@@ -24,7 +24,7 @@ from train.config import to_dict
 from train.logs import say
 from train.state import Progress, Run
 
-FORMAT = 2  # the layout training_state writes; a change to it gets the next number
+FORMAT = 3  # the layout training_state writes; a change to it gets the next number
 # Checkpoints written before formats were numbered (until 2026-12-03) are format 1.
 UNNUMBERED = 1
 
@@ -41,7 +41,9 @@ def training_state(run: Run, progress: Progress) -> dict:
         "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict(),
         "epoch": progress.epoch,
-        "batches_done": progress.batches_done,
+        "steps_done": progress.steps_done,
+        "position": data_position(run),
+        "feed": progress.feed,
         "totals": None if progress.totals is None else progress.totals.cpu(),
         "seconds": progress.seconds,
         "history": list(progress.history),
@@ -54,6 +56,22 @@ def training_state(run: Run, progress: Progress) -> dict:
         "config": to_dict(run.cfg),
         "num_classes": run.num_classes,
         "code_version": code_version(),
+    }
+
+
+def data_position(run: Run) -> dict:
+    """What a position in the train order means: the shards (a digest of the train split's
+    tars), the global batch, the order, the repeated augmentation, and the micro-batch cap
+    and world size it was reached with. A resume onto other shards, batch or order is
+    refused; another world size goes on at the same step."""
+    cfg = run.cfg
+    return {
+        "shards": run.shards_digest,
+        "batch": cfg.batch,
+        "order": cfg.order,
+        "repeated_aug": cfg.repeated_aug,
+        "micro_batch": run.d.micro_batch,
+        "world_size": run.d.world_size,
     }
 
 
@@ -76,14 +94,15 @@ def save_training(run: Run, progress: Progress, best: bool) -> bool:
 
 
 def save_position(
-    run: Run, progress: Progress, epoch: int, batches_done: int, totals: torch.Tensor,
+    run: Run, progress: Progress, epoch: int, steps_done: int, totals: torch.Tensor,
     seconds: float,
 ) -> None:  # fmt: skip
     """--checkpoint_every_minutes: last.pt at this batch of the epoch (rank 0 writes it, and
     its clock restarts there)."""
     position = replace(
-        progress, epoch=epoch, batches_done=batches_done, totals=totals, seconds=seconds
-    )
+        progress, epoch=epoch, steps_done=steps_done, totals=totals, seconds=seconds,
+        feed=run.feed_state(),  # every rank: a collective
+    )  # fmt: skip
     if run.d.rank == 0:
         save_training(run, position, best=False)
 

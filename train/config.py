@@ -23,6 +23,7 @@ import torch
 from models import INITS
 from models.flags import BLURPOOL, DEPTH, IMAGE_SIZE, PL, SD, SD_MODE, VARIANT, Flag, FlagParser
 from train.data import DEFAULT_THREADS, PipelineKnobs, dali_threads, default_val_resize
+from train.order import ORDERS
 from train.recipes import RAMP_FRACTIONS, RECIPES, recipe_help
 
 DEFAULT_WARMUP_EPOCHS = 5.0
@@ -80,6 +81,13 @@ class TrainConfig:
         "init; mlperf, NVIDIA's MLPerf ResNet-50: He normal (fan_in), every BN weight 1, the "
         "classifier N(0, 0.01) with bias 0",
         choices=INITS,
+    )
+    init_weights: str | None = opt(
+        None,
+        "start a new run from these weights instead of --init's: a torchvision resnet50/101/"
+        "152 state_dict, an export of train.export, or a checkpoint's or run folder's best "
+        "weights (not its optimizer or data position); the classifier (fc) starts anew when "
+        "the class count differs (fine-tuning); weights of another network are refused",
     )
     # schedule and optimizer
     epochs: int = opt(120, "training epochs")
@@ -158,7 +166,31 @@ class TrainConfig:
         None, "channels_last memory format (default: on a GPU)", trains=False
     )
     compile: bool = opt(False, "torch.compile the model", trains=False)
-    accum: int = opt(1, "gradient accumulation: micro-batches per optimizer step")
+    accum: int = opt(
+        1,
+        "micro-batches per optimizer step on the world size the run starts on: its micro-batch "
+        "is then batch / (ranks x accum), which --micro_batch sets instead",
+    )
+    micro_batch: int | None = opt(
+        None,
+        "at most this many samples per rank per forward pass: each rank's share of a step "
+        "(the --batch samples of the step, split over the ranks) is accumulated in as few "
+        "micro-batches as that takes, whatever the world size (default: batch / (ranks x "
+        "--accum) on the world size the run starts on; a resume keeps the run's)",
+    )
+    order: str = opt(
+        "global",
+        "the train order of every epoch, the same on any number of ranks: global, a "
+        "permutation of every sample (local disks, --cache); blocks, the tars permuted and "
+        "the samples shuffled within windows of a few tars (network storage)",
+        choices=ORDERS,
+    )
+    repeated_aug: int = opt(
+        1,
+        "repeated augmentation (torchvision's RASampler, --ra-reps): an epoch holds ceil(N / "
+        "K) distinct images K times each, the copies in the same optimizer step, each "
+        "augmented by itself (--batch must be a multiple of K); 1: off",
+    )
     checkpoint_activations: bool = opt(False, "recompute block activations in backward (memory)")
     image_size: int = declared(IMAGE_SIZE)
     min_res: int | None = opt(
@@ -194,8 +226,9 @@ class TrainConfig:
     ema: bool = opt(
         False,
         "the exponential moving average of the weights: the trainer keeps it and evaluates it "
-        "beside the live weights; train.evaluate scores a checkpoint's average instead of its "
-        "live weights",
+        "beside the live weights; train.evaluate, train.export and train.predict take a "
+        "checkpoint's average (--ema) or live weights (--no_ema) instead of the ones its run "
+        "scored best with",
     )
     ema_halflife: float = opt(
         1.0, "--ema: half-life of the average in epochs (independent of batch size and GPUs)"
@@ -254,6 +287,12 @@ class TrainConfig:
         trains=False,
     )
     synthetic: bool = opt(False, "random input on the device instead of data: the model alone")
+    record_samples: bool = opt(
+        False,
+        "write OUT/samples/epoch-NNN.txt: a line per optimizer step trained, the step and the "
+        "keys of its samples over every rank, sorted (to audit what a run saw, and for tests)",
+        trains=False,
+    )
     log_every: int = opt(
         50,
         "optimizer steps between log points: progress, TensorBoard, NaN checks, and the only "
@@ -288,7 +327,7 @@ class Derived:
     local_rank: int
     device: torch.device
     lr: float
-    micro_batch: int  # per rank, per micro-step
+    micro_batch: int  # at most, per rank and forward pass: --micro_batch, or the run's
     workers: int  # DALI CPU threads of this process
     amp: bool
     amp_dtype: torch.dtype
@@ -381,7 +420,9 @@ def parse_flags(argv: list[str] | None = None) -> tuple[TrainConfig, list[str]]:
             args[name] = share * args["epochs"]
     knobs = {f.name: args.pop(f.name) for f in fields(PipelineKnobs)}
     cfg = TrainConfig(**args, dali=PipelineKnobs(**knobs))
-    return cfg, parser.contradictions + given_for_nothing(cfg, parser.given)
+    both = ["--accum and --micro_batch both set the micro-batch: give one"]
+    both = both if {"accum", "micro_batch"} <= parser.given else []
+    return cfg, parser.contradictions + both + given_for_nothing(cfg, parser.given)
 
 
 def given_for_nothing(cfg: TrainConfig, given: frozenset[str]) -> list[str]:
@@ -413,13 +454,7 @@ def check(cfg: TrainConfig, world_size: int, other_problems: list[str] | None = 
         )
     if cfg.epochs < 1:
         problems.append(f"--epochs {cfg.epochs} must be at least 1")
-    if cfg.batch < 1 or cfg.accum < 1:
-        problems.append("--batch and --accum must be positive")
-    elif cfg.batch % (world_size * cfg.accum):
-        problems.append(
-            f"--batch {cfg.batch} is not divisible by ranks x accum = {world_size} x {cfg.accum}: "
-            f"choose a multiple of {world_size * cfg.accum}"
-        )
+    problems += batch_problems(cfg, world_size)
     if cfg.lr is not None and cfg.lr <= 0:
         problems.append(f"--lr {cfg.lr} must be positive")
     if cfg.warmup_epochs is not None and not 0 <= cfg.warmup_epochs <= cfg.epochs:
@@ -459,6 +494,29 @@ def check(cfg: TrainConfig, world_size: int, other_problems: list[str] | None = 
     problems += other_problems or []
     if problems:
         raise ConfigError("\n  ".join(["cannot start:", *problems]))
+
+
+def batch_problems(cfg: TrainConfig, world_size: int) -> list[str]:
+    """The global batch, the micro-batch and the repeated augmentation."""
+    if cfg.batch < 1 or cfg.accum < 1 or (cfg.micro_batch is not None and cfg.micro_batch < 1):
+        return ["--batch, --accum and --micro_batch must be positive"]
+    problems = []
+    if cfg.batch < 2 * world_size:
+        problems.append(
+            f"--batch {cfg.batch} gives some of the {world_size} ranks fewer than 2 samples a "
+            f"step (batch norm needs 2): choose at least {2 * world_size}"
+        )
+    if cfg.micro_batch is None and cfg.batch < world_size * cfg.accum:
+        problems.append(
+            f"--batch {cfg.batch} over {world_size} ranks x --accum {cfg.accum} leaves no "
+            "sample per micro-batch: lower --accum"
+        )
+    if cfg.repeated_aug < 1 or cfg.batch % cfg.repeated_aug:
+        problems.append(
+            f"--repeated_aug {cfg.repeated_aug} must be at least 1 and divide --batch "
+            f"{cfg.batch} (the copies of an image share a step)"
+        )
+    return problems
 
 
 def data_problems(cfg: TrainConfig, shards) -> list[str]:
@@ -632,7 +690,7 @@ def derive(cfg: TrainConfig, rank: int, world_size: int, local_rank: int) -> Der
         local_rank=local_rank,
         device=device,
         lr=cfg.lr if cfg.lr is not None else RECIPES[cfg.recipe].default_lr(cfg.batch),
-        micro_batch=cfg.batch // (world_size * cfg.accum),
+        micro_batch=cfg.micro_batch or max(1, cfg.batch // (world_size * cfg.accum)),
         workers=dali_threads(cfg.workers),
         amp=amp,
         amp_dtype=amp_dtype,

@@ -1,27 +1,28 @@
 """The DALI input pipelines: one function per split, GPU or CPU as a parameter.
 
-Train: webdataset reader sharded by rank (shuffle buffer + whole-tar reshuffle each epoch),
-JPEG decoding fused with random-resized-crop (`device="mixed"` on a GPU: nvJPEG, the hardware
-decoder where there is one), resize, optional colour jitter, flip, optional automatic
-augmentation (TrivialAugment wide, RandAugment), normalize.
-Val: decode, resize the shorter side to image_size / 0.875 (or val_resize), centre crop,
-normalize.
+Train: the trainer's train order (train.order, read by train.feed.TrainFeed through an
+external source: make_feed_loader), or DALI's webdataset reader sharded by rank (shuffle
+buffer + whole-tar reshuffle each epoch: make_loader, the input benchmark's baseline); then
+the same JPEG decoding fused with random-resized-crop (`device="mixed"` on a GPU: nvJPEG, the
+hardware decoder where there is one), resize, optional colour jitter, flip, optional
+automatic augmentation (TrivialAugment wide, RandAugment), normalize.
+Val: webdataset reader, decode, resize the shorter side to image_size / 0.875 (or
+val_resize), centre crop, normalize.
 
 Batches come out as (images, labels): images (B, 3, S, S) in channels_last memory (DALI's
 NHWC seen as NCHW without a copy), float16 when training in mixed precision (DALI has no
 bfloat16; autocast casts the first conv's input), labels int64 (B,). On the GPU when the
-pipeline runs there. `make_loader` is the entry point.
+pipeline runs there.
 
-Exactly once: the readers pad their shard (`pad_last_batch`) and the iterator drops the
-padding (`LastBatchPolicy.PARTIAL`), so an epoch over N ranks yields every sample exactly
-once and every rank yields the same number of batches; a rank's last batch may be smaller,
-even empty.
+Exactly once (val, and the reader's train epochs): the readers pad their shard
+(`pad_last_batch`) and the iterator drops the padding (`LastBatchPolicy.PARTIAL`), so an
+epoch over N ranks yields every sample exactly once and every rank yields the same number of
+batches; a rank's last batch may be smaller, even empty.
 """
 
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 
@@ -107,6 +108,13 @@ class PipelineKnobs:
         140_544_512, "nvJPEG: bytes of headroom, pinned host buffers", trains=False
     )
     read_ahead: bool = knob(False, "read whole tars ahead (slow network storage)", trains=False)
+    feed_workers: int | None = knob(
+        None,
+        "worker processes that read the train samples for DALI (default: 4 on a GPU; 0 on the "
+        "CPU: the reading runs in the pipeline's own thread, where a worker's start would cost "
+        "more than it saves)",
+        trains=False,
+    )
 
 
 def knob_names() -> list[str]:
@@ -127,9 +135,7 @@ def decoder_kwargs(gpu: bool, knobs: PipelineKnobs) -> dict:
     }
 
 
-def read_shards(
-    files, index_files, *, shard_id, num_shards, train, reader_seed, knobs, reshuffle=True
-):
+def read_shards(files, index_files, *, shard_id, num_shards, train, reader_seed, knobs):
     """The webdataset reader: (jpeg bytes, class digits)."""
     from nvidia.dali import fn
 
@@ -141,7 +147,7 @@ def read_shards(
         num_shards=num_shards,
         random_shuffle=train,
         initial_fill=knobs.shuffle_buffer,
-        shuffle_after_epoch=train and reshuffle,  # whole tars reordered: same seed on all ranks
+        shuffle_after_epoch=train,  # whole tars reordered: the same seed on all ranks
         seed=reader_seed,
         pad_last_batch=True,
         read_ahead=knobs.read_ahead,
@@ -166,13 +172,13 @@ def normalize(images, *, dtype, mirror=None):
 
 def train_pipeline(
     files, index_files, *, image_size, shard_id, num_shards, reader_seed, gpu, dtype, knobs,
-    reshuffle, val_resize=None,
+    val_resize=None,
 ):  # fmt: skip
     """The webdataset reader's train pipeline: train_augment of its samples (val_resize
     unused)."""
     jpegs, digits = read_shards(
         files, index_files, shard_id=shard_id, num_shards=num_shards, train=True,
-        reader_seed=reader_seed, knobs=knobs, reshuffle=reshuffle,
+        reader_seed=reader_seed, knobs=knobs,
     )  # fmt: skip
     images = train_augment(jpegs, (image_size, image_size), gpu=gpu, dtype=dtype, knobs=knobs)
     return images, digits.gpu() if gpu else digits
@@ -242,22 +248,73 @@ def auto_augmented(images, knobs: PipelineKnobs, size):
 
 def val_pipeline(
     files, index_files, *, image_size, shard_id, num_shards, reader_seed, gpu, dtype, knobs,
-    reshuffle, val_resize=None,
+    val_resize=None,
 ):  # fmt: skip
     """Decode, resize the shorter side to val_resize (default image_size / 0.875), centre
     crop (or a plain resize)."""
-    from nvidia.dali import fn, types
-
     jpegs, digits = read_shards(
         files, index_files, shard_id=shard_id, num_shards=num_shards, train=False,
         reader_seed=reader_seed, knobs=knobs,
     )  # fmt: skip
-    images = fn.decoders.image(jpegs, output_type=types.RGB, **decoder_kwargs(gpu, knobs))
+    images = val_transform(jpegs, image_size, gpu=gpu, dtype=dtype, knobs=knobs,
+                           val_resize=val_resize)  # fmt: skip
+    return images, digits.gpu() if gpu else digits
+
+
+def val_transform(encoded, image_size, *, gpu, dtype, knobs, val_resize=None):
+    """Decode (JPEG, PNG, WebP, ...), resize the shorter side to val_resize and centre crop
+    image_size (or a plain resize with val_plain_resize), normalize: the val pipeline's and
+    train.predict's."""
+    from nvidia.dali import fn, types
+
+    images = fn.decoders.image(encoded, output_type=types.RGB, **decoder_kwargs(gpu, knobs))
     if knobs.val_plain_resize:
         images = fn.resize(images, resize_x=image_size, resize_y=image_size)
     else:
-        images = resize_and_centre_crop(jpegs, images, image_size, val_resize)
-    return normalize(images, dtype=dtype), digits.gpu() if gpu else digits
+        images = resize_and_centre_crop(encoded, images, image_size, val_resize)
+    return normalize(images, dtype=dtype)
+
+
+FED_IMAGES = "encoded"  # the external source of files_pipeline
+
+
+def files_pipeline(*, image_size, gpu, dtype, knobs, val_resize=None):
+    """The val transform of encoded image files that the caller feeds, a batch at a time
+    (pipe.feed_input(FED_IMAGES, [uint8 arrays]) then pipe.run()): train.predict's."""
+    from nvidia.dali import fn, types
+
+    encoded = fn.external_source(name=FED_IMAGES, dtype=types.UINT8, ndim=1)
+    return val_transform(encoded, image_size, gpu=gpu, dtype=dtype, knobs=knobs,
+                         val_resize=val_resize)  # fmt: skip
+
+
+def make_files_pipeline(
+    *, batch_size: int, num_threads: int, device, image_size: int, val_resize: int | None,
+    dtype: torch.dtype, knobs: PipelineKnobs,
+):  # fmt: skip
+    """A built files_pipeline: fed and run one batch at a time (no prefetching)."""
+    from nvidia.dali import pipeline_def
+
+    gpu, device_id = dali_device(torch.device(device))
+    pipe = pipeline_def(files_pipeline)(
+        image_size=image_size, gpu=gpu, dtype=dtype, knobs=knobs, val_resize=val_resize,
+        batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+        prefetch_queue_depth=1, exec_async=False, exec_pipelined=False,
+    )  # fmt: skip
+    pipe.build()
+    return pipe
+
+
+def transformed_files(pipe, encoded: list) -> torch.Tensor:
+    """files_pipeline's output for these encoded files: (B, 3, S, S) on the CPU."""
+    import numpy as np
+
+    pipe.feed_input(FED_IMAGES, encoded)
+    (images,) = pipe.run()
+    if hasattr(images, "as_cpu"):
+        images = images.as_cpu()
+    batch = torch.from_numpy(np.array(images.as_tensor()))  # (B, S, S, 3)
+    return batch.permute(0, 3, 1, 2)
 
 
 def default_val_resize(crop: int) -> int:
@@ -341,17 +398,6 @@ def check_loader_args(
         raise TypeError(f"unknown pipeline knobs {sorted(unknown)}; known: {knob_names()}")
 
 
-def epoch_order(
-    num_tars: int, seed: int, epoch: int, rank: int, world_size: int
-) -> tuple[list[int], int, int]:
-    """(tar order, this rank's shard of it, reader seed) of one train epoch: a pure function
-    of (seed, epoch), the same on every rank but the shard, which rotates with the epoch."""
-    reader_seed = seed * 1_000_003 + epoch
-    order = list(range(num_tars))
-    random.Random(reader_seed).shuffle(order)
-    return order, (rank + epoch) % world_size, reader_seed
-
-
 def dali_device(device: torch.device) -> tuple[bool, int | None]:
     """(whether the pipeline runs on a GPU, DALI's device_id: None for the CPU)."""
     if device.type != "cuda":
@@ -371,7 +417,6 @@ def make_loader(
     device: str | torch.device = "cpu",
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
-    epoch: int | None = None,
     val_resize: int | None = None,
     **knobs,
 ) -> DaliLoader:
@@ -384,21 +429,16 @@ def make_loader(
     float32 or float16; knobs are the fields of PipelineKnobs. `val_resize`: the val
     pipeline's shorter side before its centre crop (default image_size / 0.875).
 
-    Without `epoch` the loader runs epoch after epoch and DALI reorders the tars after each.
-    With `epoch` (the trainer's way) it serves that one epoch of train data, which is then a
-    pure function of (seed, epoch): the tar order is permuted with (seed, epoch) and each rank
-    takes shard (rank + epoch) mod world_size, so a resumed run sees what an uninterrupted one
-    would have seen.
+    The train split is read by DALI's webdataset reader, epoch after epoch, the tars
+    reordered after each: the input benchmark's baseline. The trainer reads its train order
+    through make_feed_loader instead.
     """
     from nvidia.dali import pipeline_def
 
     check_loader_args(shards, split, rank, world_size, dtype, knobs)
     options = PipelineKnobs(**knobs)
     info = shards.split(split)
-    order, shard_id, reader_seed = list(range(len(info["shards"]))), rank, seed
-    if epoch is not None and split == "train":
-        order, shard_id, reader_seed = epoch_order(len(order), seed, epoch, rank, world_size)
-    files, index_files = shards.paths(split, order)
+    files, index_files = shards.paths(split)
     gpu, device_id = dali_device(torch.device(device))
     build = train_pipeline if split == "train" else val_pipeline
     conditionals = split == "train" and options.auto_augment != "none"  # auto_aug's if/else
@@ -406,18 +446,61 @@ def make_loader(
         files,
         index_files,
         image_size=image_size,
-        shard_id=shard_id,
+        shard_id=rank,
         num_shards=world_size,
-        reader_seed=reader_seed,
+        reader_seed=seed,
         gpu=gpu,
         dtype=dtype,
         knobs=options,
-        reshuffle=epoch is None,
         val_resize=val_resize,
         batch_size=batch_size,
         num_threads=num_threads,
         device_id=device_id,
-        seed=reader_seed + rank,  # augmentations: different on every rank and epoch
+        seed=seed + rank,  # augmentations: different on every rank
         prefetch_queue_depth=options.prefetch,
     )
     return DaliLoader(pipe, num_samples=info["num_samples"], batch_size=batch_size)
+
+
+class FedLoader:
+    """A TrainFeed's batches through one DALI pipeline for the whole run: iterate once per
+    epoch, epoch after epoch. `checkpoint()` is DALI's state of the pipeline after the last
+    batch handed out, from which a pipeline of the same shape continues exactly."""
+
+    def __init__(self, pipe) -> None:
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        self.iterator = DALIGenericIterator([pipe], ["images", "labels"], auto_reset=True)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for (batch,) in self.iterator:
+            images = batch["images"].permute(0, 3, 1, 2)  # (B, S, S, 3) -> (B, 3, S, S) view
+            yield images, labels_from_digits(batch["labels"])
+
+    def checkpoint(self) -> str:
+        return self.iterator.checkpoints()[0]
+
+
+def make_feed_loader(
+    feed, *, batch_size: int, num_threads: int, device, seed: int, dtype: torch.dtype,
+    knobs: PipelineKnobs, checkpoint: str | None = None,
+) -> FedLoader:  # fmt: skip
+    """The trainer's train loader: DALI over `feed` (train.feed.TrainFeed), decoding and
+    augmenting as the webdataset train pipeline does, micro-batches of at most `batch_size`;
+    `checkpoint` (FedLoader.checkpoint's) restores a pipeline saved at a position. The feed's
+    workers are spawned: DALI refuses to fork once CUDA is initialised."""
+    from nvidia.dali import pipeline_def
+
+    gpu, device_id = dali_device(torch.device(device))
+    workers = knobs.feed_workers if knobs.feed_workers is not None else (4 if gpu else 0)
+    kwargs = {"py_num_workers": workers, "py_start_method": "spawn"} if workers else {}
+    pipe = pipeline_def(
+        fed_train_pipeline,
+        enable_conditionals=knobs.auto_augment != "none",
+        enable_checkpointing=True,
+    )(
+        feed, gpu=gpu, dtype=dtype, knobs=knobs, workers=workers, batch_size=batch_size,
+        num_threads=num_threads, device_id=device_id, seed=seed,
+        prefetch_queue_depth=knobs.prefetch, checkpoint=checkpoint, **kwargs,
+    )  # fmt: skip
+    return FedLoader(pipe)

@@ -3,11 +3,12 @@ another split of them (--split: an evaluation set such as ImageNetV2), and the R
 and top-5 of the val images (--real_labels).
 
 The weights are one of this project's checkpoints (best.pt, last.pt: depth, variant, crop
-size and precision are read from it) or a bare state_dict (a torchvision resnet50 / 101 /
-152 .pth, or this project's model saved alone). The evaluation is the trainer's own: the same
-DALI val pipeline (shorter side to 256, centre crop 224: torchvision's reference transform to
-the pixel), the same evaluation function, every val image counted exactly once over the
-ranks under torchrun.
+size and precision are read from it), a run folder, an export of train.export (safetensors or
+torchvision, with its config.json) or a bare state_dict (a torchvision resnet50 / 101 / 152
+.pth, or this project's model saved alone): train.weights reads them. The evaluation is the
+trainer's own: the same DALI val pipeline (shorter side to 256, centre crop 224:
+torchvision's reference transform to the pixel), the same evaluation function, every val
+image counted exactly once over the ranks under torchrun.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import dataclasses
 import json
 import sys
 import time
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -25,12 +25,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from models import STAGE_BLOCKS, build_resnet
+from models import build_resnet
 from models.flags import Flag, FlagParser
 from prep.atomic import atomic_file, write_atomic
 from prep.flags import JSON
 from prep.provenance import code_version, machine_facts
-from train import checkpoint
 from train.checkpoint import CheckpointError
 from train.config import (
     ConfigError,
@@ -53,143 +52,11 @@ from train.real_labels import (
     real_correct,
 )
 from train.shards import Shards, ShardsError, open_shards
-
-# Prefixes that wrappers leave on parameter names: DDP's module, torch.compile's _orig_mod.
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+from train.weights import WEIGHTS, Weights, WeightsError, read_weights
 
 
 class EvaluateError(Exception):
     """Weights or shards that cannot be evaluated; the message names the file and the fix."""
-
-
-@dataclass(frozen=True)
-class Weights:
-    state_dict: dict[str, torch.Tensor]
-    depth: int
-    variant: str
-    num_classes: int
-    kind: str  # what the file was, for the report
-    config: dict | None  # the training config of one of our checkpoints
-    scored: str = "live"  # which of a checkpoint's weights: live, or ema (the average)
-
-
-def unwrap(state: dict) -> dict:
-    """The state_dict without DDP's or torch.compile's prefixes."""
-    for prefix in WRAPPER_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state
-
-
-def mismatch(state: dict, depth: int, variant: str, num_classes: int) -> list[str]:
-    """How `state` differs from our ResNet-`depth` `variant`: the first differing keys."""
-    expected = build_resnet(depth, variant=variant, num_classes=num_classes).state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
-        if keys:
-            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
-            problems.append(f"{label}: {', '.join(keys[:3])}{more}")
-    return problems
-
-
-def depth_hint(state: dict) -> str:
-    """' (it looks like ResNet-101: pass --depth 101)' when layer3's block count says so."""
-    blocks = {int(k.split(".")[1]) for k in state if k.startswith("layer3.")}
-    for depth, stages in STAGE_BLOCKS.items():
-        if blocks and len(blocks) == stages[2]:
-            return f" (its layer3 has {stages[2]} blocks: ResNet-{depth}? pass --depth {depth})"
-    return ""
-
-
-def read_weights(path: Path, depth: int | None, variant: str | None, ema: bool | None) -> Weights:
-    """The weights to score: a checkpoint's averaged (`ema` True) or live (False) weights,
-    by default (None) the ones its run scored best with; or a bare state_dict."""
-    if not path.is_file():
-        raise EvaluateError(f"--weights {path}: no such file")
-    try:
-        loaded = checkpoint.load(path)
-    except Exception as e:  # a damaged or foreign file: say which, not where torch failed
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EvaluateError(
-            f"--weights {path}: not a checkpoint or state_dict that loads safely ({first})"
-        ) from None
-    if checkpoint.is_training_state(loaded):
-        return checkpoint_weights(checkpoint.check_format(loaded, path), path, depth, variant, ema)
-    if ema:
-        raise EvaluateError(
-            f"--ema: {path} is a bare state_dict; averaged weights come in this project's "
-            "checkpoints of runs trained with --ema"
-        )
-    return state_dict_weights(loaded, path, depth, variant)
-
-
-def checkpoint_weights(
-    loaded: dict, path: Path, depth: int | None, variant: str | None, ema: bool | None
-) -> Weights:
-    """The live weights of one of our checkpoints, or with `ema` their average; by default
-    (None) the ones that scored its run's best top-1 (`best_weights`), as the run reported."""
-    config = loaded["config"]
-    clash = [
-        f"--{name} {given} (it holds {config[name]})"
-        for name, given in (("depth", depth), ("variant", variant))
-        if given is not None and given != config[name]
-    ]
-    if clash:
-        raise EvaluateError(
-            f"--weights {path} is one of our checkpoints of another model: "
-            f"{', '.join(clash)}; drop those flags"
-        )
-    if ema is None:
-        ema = loaded["best_weights"] == "ema" and loaded["ema"] is not None
-    if ema and loaded["ema"] is None:
-        raise EvaluateError(
-            f"--ema: {path} holds no averaged weights (its run was trained without --ema); "
-            "drop --ema to evaluate its weights"
-        )
-    epoch, batches = loaded["epoch"], loaded["batches_done"]
-    when = f"in epoch {epoch + 1}, batch {batches}" if batches else f"after epoch {epoch}"
-    return Weights(
-        unwrap(loaded["ema" if ema else "model"]),
-        config["depth"],
-        config["variant"],
-        loaded["num_classes"],
-        f"checkpoint {when}, {'EMA' if ema else 'live'} weights",
-        config,
-        "ema" if ema else "live",
-    )
-
-
-def state_dict_weights(loaded, path: Path, depth: int | None, variant: str | None) -> Weights:
-    """A bare state_dict (torchvision's .pth, or our model saved alone), fitted to a variant."""
-    for wrapper in ("model", "state_dict"):  # e.g. the torchvision reference's checkpoints
-        if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
-            loaded = loaded[wrapper]
-    if not isinstance(loaded, dict) or not all(torch.is_tensor(v) for v in loaded.values()):
-        raise EvaluateError(f"--weights {path}: holds no state_dict (a dict of tensors)")
-    state = unwrap(loaded)
-    if "fc.weight" not in state:
-        raise EvaluateError(f"--weights {path}: no fc.weight, so not a ResNet state_dict")
-    depth = depth or 50
-    num_classes = state["fc.weight"].shape[0]
-    tried = {}
-    for candidate in [variant] if variant else ["v1.5", "preact"]:  # torchvision's first
-        problems = mismatch(state, depth, candidate, num_classes)
-        if not problems:
-            return Weights(state, depth, candidate, num_classes, "state_dict", None)
-        tried[candidate] = problems
-    raise EvaluateError(
-        f"--weights {path} fits no ResNet-{depth} ("
-        + "; ".join(f"{v}: {' / '.join(p)}" for v, p in tried.items())
-        + ")"
-        + depth_hint(state)
-    )
 
 
 def split_images(shards: Shards, split: str) -> int:
@@ -252,15 +119,6 @@ def gather_rows(parts: list[tuple[torch.Tensor, torch.Tensor]], world_size: int)
     return torch.cat([e[0] for e in everything]), torch.cat([e[1] for e in everything])
 
 
-WEIGHTS = Flag(
-    "weights",
-    str,
-    None,
-    "one of this project's checkpoints (best.pt, last.pt) or a bare state_dict (torchvision's "
-    "resnet50/101/152 .pth, or our model saved alone)",
-    metavar="FILE",
-    required=True,
-)
 SPLIT = Flag(
     "split",
     str,
@@ -284,15 +142,16 @@ FROM_TRAINING = ("val_res", "val_resize", "tta", "amp_dtype", "mixed_precision")
 def build_parser() -> FlagParser:
     p = FlagParser(
         prog="python -m train.evaluate",
-        description="Top-1, top-5 and loss of a checkpoint (best.pt, last.pt) or a bare "
-        "state_dict (torchvision's resnet50/101/152 .pth) on the val shards, through the "
-        "trainer's own DALI val pipeline. A checkpoint knows its network (depth, variant, "
-        "BlurPool) and how its run evaluated (--val_res, --val_resize, --tta, precision): "
-        "those flags, given, override the latter only; a bare state_dict is fitted to "
-        "--depth and, unless given, whichever --variant its keys fit (torchvision's v1.5 "
-        "first). --batch is global, split over the processes. A checkpoint's weights are those "
-        "its run scored best with (best_weights: live or EMA) unless --ema or --no_ema says; "
-        "the line printed names which. Several GPUs: torchrun --nproc_per_node=N -m "
+        description="Top-1, top-5 and loss of a checkpoint (best.pt, last.pt), a run folder, "
+        "an export of train.export or a bare state_dict (torchvision's resnet50/101/152 .pth) "
+        "on the val shards, through the trainer's own DALI val pipeline. A checkpoint (or an "
+        "export) knows its network (depth, variant, BlurPool) and how its run evaluated "
+        "(--val_res, --val_resize, --tta, precision): those flags, given, override the latter "
+        "only; a bare state_dict is fitted to --depth (default: the depth its keys have) and, "
+        "unless given, whichever --variant its keys fit (torchvision's v1.5 first). --batch "
+        "is global, split over the processes. A checkpoint's weights are those its run scored "
+        "best with (best_weights: live or EMA) unless --ema or --no_ema says; the line printed "
+        "names which. Several GPUs: torchrun --nproc_per_node=N -m "
         "train.evaluate ...",
     )
     flags = train_flags()
@@ -465,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                 write_atomic(args.json, json.dumps(result, indent=1) + "\n")
         return 0
     except (
-        EvaluateError, ShardsError, ConfigError, RealLabelsError, CheckpointError, DaliMissing
+        EvaluateError, ShardsError, ConfigError, RealLabelsError, CheckpointError, DaliMissing,
+        WeightsError,
     ) as e:  # fmt: skip
         if rank == 0:
             print(f"train.evaluate: error: {e}", file=sys.stderr)

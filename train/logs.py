@@ -40,6 +40,7 @@ HISTORY_FIELDS = [
     "epoch_seconds",
     "images_per_second",
     "run_seconds",
+    "world_size",
 ]
 
 
@@ -161,6 +162,42 @@ def recorded_config(out: Path) -> dict | None:
         return None
     record = json.loads(path.read_text())
     return changed_since(record["config"], record["changes"])
+
+
+def samples_file(out: Path, epoch: int) -> Path:
+    """--record_samples' file of `epoch` (counted from 0): OUT/samples/epoch-NNN.txt, NNN
+    counted from 1 as the history counts."""
+    return out / "samples" / f"epoch-{epoch + 1:03d}.txt"
+
+
+def sample_recorder(run: Run, shards, progress: Progress):
+    """--record_samples: what the epoch loop calls after every optimizer step it trains, to
+    append the step's line (its index, then the keys of its samples over every rank,
+    sorted) to the epoch's file; rank 0 writes, the other ranks have nothing to do. The
+    files first lose what the run trained after the checkpoint it resumes from."""
+    if run.d.rank != 0 or shards is None:
+        return None
+    trim_samples(run.out, progress.epoch, progress.steps_done)
+    keys = shards.sample_keys("train")
+
+    def record(epoch: int, step: int) -> None:
+        names = sorted(keys[i] for i in run.data.step_ids(epoch, step))
+        with open(samples_file(run.out, epoch), "a") as f:
+            f.write(" ".join([str(step), *names]) + "\n")
+
+    return record
+
+
+def trim_samples(out: Path, epoch: int, steps_done: int) -> None:
+    """Keep the lines of the steps before (epoch, steps_done), no later epoch's file."""
+    (out / "samples").mkdir(exist_ok=True)
+    for path in (out / "samples").glob("epoch-*.txt"):
+        number = int(path.stem.split("-")[1]) - 1
+        if number > epoch:
+            path.unlink()
+        elif number == epoch:
+            lines = path.read_text().splitlines(keepends=True)
+            write_atomic(path, "".join(ln for ln in lines if int(ln.split()[0]) < steps_done))
 
 
 def fmt(value) -> str:

@@ -20,8 +20,10 @@ from tqdm import tqdm
 
 from train.config import Derived
 from train.ema import update_average
+from train.inputs import TrainData
 from train.metrics import correct, hits
 from train.mixing import mix_batch, random_erase
+from train.order import Micro
 from train.schedule import lr_of
 from train.signals import Interrupted
 from train.state import Run
@@ -37,8 +39,8 @@ class NonFiniteLoss(Exception):
         self.epoch, self.step = epoch, step
 
 
-# What the epoch loop calls to save last.pt mid-epoch: (batches done, every rank's totals,
-# seconds of training in the epoch so far) -> None.
+# What the epoch loop calls to save last.pt mid-epoch: (optimizer steps done, every rank's
+# totals, seconds of training in the epoch so far) -> None.
 SavePosition = Callable[[int, torch.Tensor, float], None]
 
 
@@ -81,21 +83,24 @@ def resumed_totals(saved: torch.Tensor | None, d: Derived) -> torch.Tensor:
     return saved.sum(0) if d.rank == 0 else totals
 
 
-def draw_seed(seed: int, rank: int, epoch: int, batch: int) -> int:
-    """The seed of one rank's augmentation draws at one micro-batch of one epoch: a pure
-    function (a hash, the same in every version), so each rank draws its own and a resumed
-    run draws exactly what the uninterrupted one would, with no generator state to save."""
-    text = f"draws/{seed}/{rank}/{epoch}/{batch}".encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+def draw_seed(*key) -> int:
+    """A seed from a key of numbers: a hash, the same in every version."""
+    text = "draws/" + "/".join(map(str, key))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
 
 
-def seed_draws(run: Run, epoch: int, batch: int) -> None:
-    """Seed this rank's draws for micro-batch `batch` of `epoch`: the generator of mixup,
-    CutMix and random erasing, and torch's default ones, which sample-mode drop path draws
-    from (batch-mode stochastic depth has its own, the same on every rank: DDP needs it)."""
-    seed = draw_seed(run.cfg.seed, run.d.rank, epoch, batch)
+def seed_draws(run: Run, epoch: int, micro: Micro) -> None:
+    """Seed the draws of one micro-batch, so that a resumed run draws what the uninterrupted
+    one would, with no generator state to save. This rank's own (from --seed, the rank and
+    the micro-batch's first sample in the epoch's order): the generator of mixup, CutMix and
+    random erasing, and torch's default ones, which sample-mode drop path draws from. The
+    optimizer step's (from --seed and the step alone): batch-mode stochastic depth's
+    decisions, the same on every rank and micro-batch of the step, whatever the world size
+    (DDP needs every rank to skip the same blocks)."""
+    seed = draw_seed(run.cfg.seed, run.d.rank, epoch, micro.lo)
     run.draws.manual_seed(seed)
     torch.manual_seed(seed)
+    run.model.sd_rng.seed(draw_seed(run.cfg.seed, "sd", epoch, micro.step))
 
 
 def augmented(run: Run, images, labels):
@@ -109,10 +114,11 @@ def augmented(run: Run, images, labels):
     return images, labels
 
 
-def train_step(run: Run, images, labels, boundary: bool, step: int = 0):
-    """Forward and backward of one micro-batch; an optimizer step at accumulation boundaries
-    (global optimizer step `step`, for --ema_every). DDP all-reduces gradients only at
-    boundaries. Returns (loss, logits), still on the device."""
+def train_step(run: Run, images, labels, boundary: bool, step: int = 0, share: float = 1.0):
+    """Forward and backward of one micro-batch, its mean loss weighted by `share` (its share
+    of the step's samples, times the ranks DDP averages over); an optimizer step at the end
+    of a step (`boundary`: global optimizer step `step`, for --ema_every). DDP all-reduces
+    gradients only there. Returns (loss, logits), still on the device."""
     cfg, d, model = run.cfg, run.d, run.train_model
     sync = contextlib.nullcontext() if boundary or d.world_size == 1 else model.no_sync()
     inputs, targets = augmented(run, images, labels)
@@ -120,7 +126,7 @@ def train_step(run: Run, images, labels, boundary: bool, step: int = 0):
         with torch.autocast(d.device.type, dtype=d.amp_dtype, enabled=d.amp):
             logits = model(inputs)  # (B, num_classes)
             loss = F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing)
-        run.scaler.scale(loss / cfg.accum).backward()
+        run.scaler.scale(loss * share).backward()
     if boundary:
         run.scaler.step(run.optimizer)
         run.scaler.update()
@@ -137,39 +143,36 @@ def lr_of_step(run: Run, step: int) -> float:
 
 def train_one_epoch(
     run: Run,
-    batches: Iterable,
+    data: TrainData,
     epoch: int,
     *,
-    start_batch: int = 0,
+    start_step: int = 0,
     totals: torch.Tensor | None = None,
     seconds_before: float = 0.0,
     save_position: SavePosition | None = None,
+    record: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Train one epoch from batch `start_batch` on; returns the epoch's train metrics.
-    Resumed mid-epoch, `totals` are the saved ones (resumed_totals). At a log point where a
-    save is due, save_position saves last.pt."""
-    cfg, d = run.cfg, run.d
+    """Train one epoch from optimizer step `start_step` on; returns the epoch's train
+    metrics. Resumed mid-epoch, `totals` are the saved ones (resumed_totals). At a log point
+    where a save is due, save_position saves last.pt; `record` is told every step trained."""
+    cfg, d, steps = run.cfg, run.d, run.plan.steps_per_epoch
     run.train_model.train()
     totals = resumed_totals(totals, d)  # (loss sum, correct, samples) of this rank, on the device
     bad_step = torch.full((), -1, dtype=torch.long, device=d.device)
-    last = run.plan.batches_per_epoch - (2 if run.plan.skip_last_batch else 1)  # last used
-    bar = epoch_bar(run, epoch, last + 1, start_batch)
-    start = time.perf_counter()
-    lr = 0.0
-    if start_batch:  # resumed: the LR of the last step taken, should no batch be left to train
-        lr = lr_of_step(run, epoch * run.plan.steps_per_epoch + (start_batch - 1) // cfg.accum)
-    for i, (images, labels) in enumerate(batches):
-        if i > last:
-            break
-        if i < start_batch:  # resuming mid-epoch: these batches were trained before the stop
-            continue
-        step = epoch * run.plan.steps_per_epoch + i // cfg.accum
-        if i % cfg.accum == 0:
-            lr = lr_of_step(run, step)
+    bar = epoch_bar(run, epoch, steps, start_step)
+    start, seen, lr = time.perf_counter(), 0, 0.0
+    if start_step:  # resumed: the LR of the last step taken, should no step be left to train
+        lr = lr_of_step(run, epoch * steps + start_step - 1)
+    first = None  # the micro-batch that opens the step in progress
+    for images, labels, micro in data.epoch(epoch, start_step):
+        step = epoch * steps + micro.step
+        if first is None or first.step != micro.step:
+            first, lr = micro, lr_of_step(run, step)
             set_lr(run.optimizer, lr)
-        boundary = i % cfg.accum == cfg.accum - 1 or i == last
-        seed_draws(run, epoch, i)
-        loss, logits = train_step(run, images, labels, boundary, step)
+        seed_draws(run, epoch, micro)
+        # each micro-batch's mean loss weighs its share of the step's samples over every rank
+        share = micro.size * d.world_size / data.step_samples(micro.step)
+        loss, logits = train_step(run, images, labels, micro.last, step, share)
         with torch.no_grad():
             n = labels.shape[0]
             hits = correct(logits, labels).sum()
@@ -177,16 +180,19 @@ def train_one_epoch(
             samples = torch.full((), float(n), device=d.device)
             totals += torch.stack([loss.detach().float() * n, hits.float(), samples])
             bad_step = torch.where(torch.isfinite(loss) | (bad_step >= 0), bad_step, step)
-        done = i + 1
+        seen += n
+        if not micro.last:
+            continue
+        if record is not None:
+            record(epoch, micro.step)
         # A log point (the only host syncs, where a stop or a save may happen) ends an
         # optimizer step: a gradient half accumulated is never left behind by a stop.
-        steps_done = i // cfg.accum + 1  # of this epoch, counting the one this batch ends
-        if boundary and (steps_done % cfg.log_every == 0 or i == last):
-            images_seen = (done - start_batch) * d.micro_batch * d.world_size
-            rate = images_seen / (time.perf_counter() - start)
+        done = micro.step + 1
+        if done % cfg.log_every == 0 or done == steps:
+            rate = seen * d.world_size / (time.perf_counter() - start)  # about: ranks differ
             log_point(run, bar, (epoch, step, done), bad_step, loss, lr, rate)
             stop, save = agreed_actions(run)
-            if stop or (save and i != last and save_position is not None):
+            if stop or (save and done != steps and save_position is not None):
                 every = every_ranks_totals(totals, d)
                 seconds = seconds_before + time.perf_counter() - start
                 if stop:
@@ -199,12 +205,12 @@ def train_one_epoch(
     return epoch_metrics(run, totals, lr, seconds_before + time.perf_counter() - start)
 
 
-def epoch_bar(run: Run, epoch: int, batches: int, start_batch: int) -> tqdm:
+def epoch_bar(run: Run, epoch: int, steps: int, start_step: int) -> tqdm:
     return tqdm(
-        total=batches,
-        initial=start_batch,
+        total=steps,
+        initial=start_step,
         desc=f"epoch {epoch + 1}/{run.cfg.epochs}",
-        unit="batch",
+        unit="step",
         disable=run.d.rank != 0,
         leave=False,
         dynamic_ncols=True,
@@ -237,6 +243,16 @@ def epoch_metrics(run: Run, totals: torch.Tensor, lr: float, seconds: float) -> 
     }
 
 
+def eval_logits(model: torch.nn.Module, images: torch.Tensor, d: Derived, tta: bool):
+    """The eval-mode model's float32 logits (B, classes) of a batch, in the run's precision;
+    with `tta` the mean of the image's and its mirror image's (evaluate's and predict's)."""
+    with torch.autocast(d.device.type, dtype=d.amp_dtype, enabled=d.amp):
+        logits = model(images).float()
+        if tta:  # (B, 3, H, W): W is the last dimension
+            logits = (logits + model(images.flip(3)).float()) / 2
+    return logits
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -253,10 +269,7 @@ def evaluate(
     for images, labels in batches:
         if labels.numel() == 0:  # a rank's last batch may be empty
             continue
-        with torch.autocast(d.device.type, dtype=d.amp_dtype, enabled=d.amp):
-            logits = model(images).float()
-            if tta:  # (B, 3, H, W): W is the last dimension
-                logits = (logits + model(images.flip(3)).float()) / 2
+        logits = eval_logits(model, images, d, tta)
         if record is not None:
             record(logits, labels)
         top5 = hits(logits, labels, 5)  # (B, 5)

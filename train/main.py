@@ -43,7 +43,7 @@ from train.environment import (
     peer_failure_line,
     start_process_group,
 )
-from train.inputs import train_batches, val_batches
+from train.inputs import train_data, val_batches
 from train.logs import (
     announce,
     best_top1_of,
@@ -51,6 +51,7 @@ from train.logs import (
     finish,
     resolution_lines,
     run_summary,
+    sample_recorder,
     say,
     target_row,
     write_history,
@@ -59,18 +60,26 @@ from train.logs import (
 from train.loop import NonFiniteLoss, evaluate_live_and_average, train_one_epoch
 from train.model import build_training
 from train.plan import print_plan
-from train.ram_cache import cache_shards
-from train.resume import ResumeError, checkpoint_to_resume, finished, restore, restore_average
+from train.ram_cache import cache_shards, restart_follows
+from train.resume import (
+    ResumeError,
+    checkpoint_to_resume,
+    finished,
+    restore,
+    restore_average,
+    resumed_micro_batch,
+)
 from train.schedule import evaluation_due, plan_steps, train_resolution
 from train.shards import Shards, ShardsError, is_shards_folder, open_shards, train_counts
 from train.signals import Interrupted, install_stop_handlers, stopped
 from train.state import Progress, Run
+from train.weights import start_from_weights
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, contradictions = parse_flags(argv)
     rank, world_size, local_rank = dist_env()
-    cached = None
+    cached, code = None, None
     try:
         shards = checked_shards(cfg, world_size, contradictions)
         if cfg.dry_run:
@@ -82,11 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         check_same_flags(cfg, d)
         if cfg.cache and shards is not None:
             shards, cached = cache_shards(shards, d)
-        return train(cfg, d, shards)
+        code = train(cfg, d, shards)
+        return code
     except (ConfigError, ShardsError, ResumeError, CheckpointError, DaliMissing) as e:
-        return failed(rank, e, 2)
+        code = failed(rank, e, 2)
+        return code
     except (NonFiniteLoss, ReplicaError) as e:
-        return failed(rank, e, 3)
+        code = failed(rank, e, 3)
+        return code
     except RuntimeError as e:  # a peer stopped answering (hung, stopped, died)
         line = peer_failure_line(e, rank, cfg.dist_timeout_minutes) if world_size > 1 else None
         if line is None:
@@ -94,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line, file=sys.stderr)
         return 4
     finally:
-        if cached is not None:
+        if cached is not None and not restart_follows(code):
             shutil.rmtree(cached, ignore_errors=True)
         end_process_group()
 
@@ -121,27 +133,33 @@ def failed(rank: int, error: Exception, code: int) -> int:
 
 
 def train(cfg: TrainConfig, d: Derived, shards: Shards | None) -> int:
-    out = Path(cfg.out)
+    out, digest = Path(cfg.out), "synthetic" if shards is None else shards.digest()
     train_images, num_classes = train_counts(shards)
-    ckpt, changes = checkpoint_to_resume(cfg, d, out, num_classes)
+    ckpt, changes = checkpoint_to_resume(cfg, d, out, num_classes, digest)
     if ckpt is not None and not changes and finished(ckpt, cfg):  # a rerun: nothing changes
         say(d, f"nothing to train: {out} holds this run, finished; its files are left as they are")
         return 0
     out.mkdir(parents=True, exist_ok=True)
     if d.rank == 0:
         remove_stale_temporaries(out)
+    d = resumed_micro_batch(ckpt, cfg, d)  # the run's micro-batch cap, on any world size
     model, train_model, optimizer, scaler = build_training(cfg, d, num_classes)
+    if ckpt is None and cfg.init_weights:
+        say(d, start_from_weights(model, cfg, num_classes))
     progress = restore(ckpt, model, optimizer, scaler, changes) if ckpt else Progress()
     plan = plan_steps(cfg, d, train_images)
+    data = train_data(cfg, d, shards, plan, (progress.epoch, progress.steps_done), progress.feed)
     ema = None
     if cfg.ema:  # from the resumed weights; then the checkpoint's average, if it holds one
         decay = step_decay(cfg.ema_halflife, plan.steps_per_epoch)
         ema = build_average(model, decay, cfg.ema_every)
         restore_average(ckpt, ema, d)
     # TensorBoard drops what a killed run wrote after the step it resumes from
-    resumed_step = progress.epoch * plan.steps_per_epoch + progress.batches_done // cfg.accum
+    resumed_step = progress.epoch * plan.steps_per_epoch + progress.steps_done
     board = Board(out, d.rank == 0, resumed_step if ckpt else None)
     run = Run(cfg, d, model, train_model, optimizer, scaler, board, plan, out, num_classes, ema)
+    run.data, run.shards_digest = data, digest
+    record = sample_recorder(run, shards, progress) if cfg.record_samples else None
     install_stop_handlers(run)
     announce(run, None if shards is None else shards.folder, progress.changes)
     val = val_batches(cfg, d, shards)
@@ -152,23 +170,23 @@ def train(cfg: TrainConfig, d: Derived, shards: Shards | None) -> int:
             if target_row(progress.history, cfg.target_top1) is not None:
                 break  # --target_top1 reached (maybe before a rerun of the finished run)
             say(d, *resolution_lines(d, epoch, first=epoch == first_epoch))
-            batches = train_batches(cfg, d, shards, epoch, plan)
             try:
                 row = train_one_epoch(
                     run,
-                    batches,
+                    data,
                     epoch,
-                    start_batch=progress.batches_done,
+                    start_step=progress.steps_done,
                     totals=progress.totals,
                     seconds_before=progress.seconds,
                     save_position=partial(save_position, run, progress, epoch),
+                    record=record,
                 )
             except Interrupted as stop:
                 return stopped(run, epoch, stop, progress)
-            del batches
             if val is not None and evaluation_due(cfg, epoch):
                 row.update(evaluate_live_and_average(run, val))
             row = {"epoch": epoch + 1, "train_res": train_resolution(d, epoch), **row}
+            row["world_size"] = d.world_size
             row["run_seconds"] = run.run_seconds()
             progress = end_epoch(run, row, progress)
         if d.rank == 0:
@@ -187,10 +205,11 @@ def end_epoch(run: Run, row: dict, progress: Progress) -> Progress:
     progress = replace(
         progress,
         epoch=epoch + 1,
-        batches_done=0,
+        steps_done=0,
         totals=None,
         seconds=0.0,
         history=(*progress.history, row),
+        feed=run.feed_state(),  # every rank: a collective
         **({"best_top1": top1, "best_weights": weights} if improved else {}),
     )
     if d.rank == 0:

@@ -81,9 +81,6 @@ def standalone_run(cfg: TrainConfig, d: Derived, num_classes: int, steps: int = 
     the epoch loop (benchmarks, tests): no outputs, the learning rate stays at d.lr."""
     model, train_model, optimizer, scaler = build_training(cfg, d, num_classes)
     plan = StepPlan(
-        loader_batches=steps,
-        batches_per_epoch=steps,
-        skip_last_batch=False,
         steps_per_epoch=steps,
         warmup_steps=0,
         total_steps=steps,

@@ -128,9 +128,10 @@ def print_plan(cfg: TrainConfig, world_size: int, shards: Shards | None) -> int:
     print(
         f"plan: ResNet-{cfg.depth} ({cfg.variant}), recipe {cfg.recipe}, {sd}\n"
         f"  {cfg.epochs} epochs of {images:,} images ({source}), batch {cfg.batch} over "
-        f"{world_size} process(es) and --accum {cfg.accum}: {plan['micro_batch']} images per "
-        f"rank per micro-batch, {plan['steps_per_epoch']:,} steps per epoch, "
-        f"{plan['total_steps']:,} in all\n"
+        f"{world_size} process(es): {cfg.batch // world_size} images per rank per step, in "
+        f"micro-batches of at most {plan['micro_batch']}; {plan['steps_per_epoch']:,} steps per "
+        f"epoch (the last one takes the remainder), {plan['total_steps']:,} in all; order "
+        f"{cfg.order}{f', each image {cfg.repeated_aug} times' if cfg.repeated_aug > 1 else ''}\n"
         f"  train resolution: {resolution_ranges(plan['resolutions'])}\n"
         f"  augmentation: {augmentation_words(cfg)}\n"
         f"  evaluation: centre crop {plan['val_res']} px, the shorter side resized to "

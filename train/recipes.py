@@ -66,8 +66,8 @@ RECIPES = {
         "weight decay 2e-5, label smoothing 0.1, mixup 0.2 or CutMix 1.0 per batch, "
         "TrivialAugment wide, random erasing 0.1, no colour jitter, train crop 176, evaluation "
         "at 224 from 232, EMA every 32 steps (half-life 2.7% of the run: 16 of 600 epochs); "
-        "with --sd 1, pL 0.95 (timm's RSB drop rate 0.05 at the last block); without "
-        "repeated augmentation",
+        "with --sd 1, pL 0.95 (timm's RSB drop rate 0.05 at the last block); repeated "
+        "augmentation x4",
         source="torchvision references/classification (README: the ResNet-50 IMAGENET1K_V2 "
         "command; train.py's EMA adjustment) and its blog 'How to Train State-Of-The-Art "
         "Models Using TorchVision's Latest Primitives' (ablations); timm's ResNet strikes back "
@@ -94,6 +94,7 @@ RECIPES = {
             "ema": True,
             "ema_every": 32,
             "ema_after_warmup": True,
+            "repeated_aug": 4,
             "pL": 0.95,
         },
         lr_per_256=0.5 / 4,

@@ -3,6 +3,7 @@ that it fits this run, and putting its state back into the model, optimizer, sca
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from train import checkpoint
@@ -29,6 +30,24 @@ def resolve_resume(cfg: TrainConfig, out: Path) -> Path | None:
     return Path(cfg.resume)
 
 
+def check_position(ckpt: dict, cfg: TrainConfig, shards_digest: str, path: Path) -> None:
+    """Refuse a position in another train order: other shards, another global batch, order
+    or repeated augmentation (steps would hold other samples). Another world size is fine."""
+    saved = ckpt["position"]
+    now = {"shards": shards_digest, "batch": cfg.batch, "order": cfg.order}
+    now["repeated_aug"] = cfg.repeated_aug
+    other = [k for k, v in now.items() if saved[k] != v]
+    if other:
+        words = ", ".join(
+            "other shards" if k == "shards" else f"--{k} {saved[k]} (now {now[k]})" for k in other
+        )
+        raise ResumeError(
+            f"{path} stopped at epoch {ckpt['epoch'] + 1}, step {ckpt['steps_done']} of a train "
+            f"order of {words}: a step there holds other samples; use another --out, or "
+            "--resume none to start over"
+        )
+
+
 def check_resumable(ckpt: dict, cfg: TrainConfig, num_classes: int, path: Path) -> list[dict]:
     """Refuse another architecture, and (unless --allow_changes) any other change of a flag
     that changes what is trained; the changes accepted, stamped with where they take effect:
@@ -53,18 +72,18 @@ def check_resumable(ckpt: dict, cfg: TrainConfig, num_classes: int, path: Path) 
             f"{change_words(changes)}; rerun with the run's flags, use another --out, or "
             "--allow_changes to go on with these (each change is recorded)"
         )
-    where = {"epoch": ckpt["epoch"] + 1, "step": ckpt["batches_done"] // saved["accum"]}
+    where = {"epoch": ckpt["epoch"] + 1, "step": ckpt["steps_done"]}
     return [where | change for change in changes]
 
 
 def finished(ckpt: dict, cfg: TrainConfig) -> bool:
     """Whether the checkpoint's run has trained all its epochs or reached --target_top1."""
-    done = ckpt["epoch"] >= cfg.epochs and ckpt["batches_done"] == 0
+    done = ckpt["epoch"] >= cfg.epochs and ckpt["steps_done"] == 0
     return done or target_row(ckpt["history"], cfg.target_top1) is not None
 
 
 def checkpoint_to_resume(
-    cfg: TrainConfig, d: Derived, out: Path, num_classes: int
+    cfg: TrainConfig, d: Derived, out: Path, num_classes: int, shards_digest: str
 ) -> tuple[dict | None, list[dict]]:
     """(the checkpoint this run continues from, checked and announced, or None to start
     afresh; the flag changes accepted with --allow_changes)."""
@@ -73,13 +92,24 @@ def checkpoint_to_resume(
         return None, []
     ckpt = checkpoint.check_format(checkpoint.load(path), path)
     changes = check_resumable(ckpt, cfg, num_classes, path)
+    check_position(ckpt, cfg, shards_digest, path)
     if not (finished(ckpt, cfg) and not changes):
+        ranks = ckpt["position"]["world_size"]
+        other = f", saved on {ranks} ranks" if ranks != d.world_size else ""
         say(
             d,
-            f"resuming from {path}: epoch {ckpt['epoch'] + 1}, batch {ckpt['batches_done']}"
+            f"resuming from {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['steps_done']}{other}"
             + (f" (flags changed, --allow_changes: {change_words(changes)})" if changes else ""),
         )
     return ckpt, changes
+
+
+def resumed_micro_batch(ckpt: dict | None, cfg: TrainConfig, d: Derived) -> Derived:
+    """The run's micro-batch cap on resume: its own, unless --micro_batch is given (then a
+    change refused or recorded as any other), whatever the world size is now."""
+    if ckpt is None or cfg.micro_batch is not None:
+        return d
+    return replace(d, micro_batch=ckpt["position"]["micro_batch"])
 
 
 def restore(ckpt: dict, model, optimizer, scaler, changes: list[dict]) -> Progress:
@@ -91,7 +121,7 @@ def restore(ckpt: dict, model, optimizer, scaler, changes: list[dict]) -> Progre
     checkpoint.set_rng_state(ckpt["rng"], model)
     return Progress(
         epoch=ckpt["epoch"],
-        batches_done=ckpt["batches_done"],
+        steps_done=ckpt["steps_done"],
         totals=ckpt["totals"],
         seconds=ckpt["seconds"],
         history=tuple(ckpt["history"]),
@@ -99,6 +129,7 @@ def restore(ckpt: dict, model, optimizer, scaler, changes: list[dict]) -> Progre
         best_weights=ckpt["best_weights"],
         run_seconds=ckpt["run_seconds"],
         changes=(*ckpt["changes"], *changes),
+        feed=ckpt["feed"],
     )
 
 

@@ -1,4 +1,4 @@
-"""The run's plan over time: batches and optimizer steps per epoch, the learning rate of
+"""The run's plan over time: optimizer steps per epoch, the learning rate of
 every step (cosine, linear, step or poly, after a linear warmup) and the train resolution of every
 epoch (progressive resizing). Each is a pure function of the config and the step or epoch, so
 a resumed run continues on the same schedule."""
@@ -9,20 +9,18 @@ import math
 from dataclasses import dataclass
 
 from train.config import POLY_END_LR, POLY_POWER, RESOLUTION_STEP, Derived, TrainConfig
+from train.order import steps_per_epoch as order_steps
 
 FINAL_LR = 1e-6  # where cosine ends
 STEP_GAMMA = 0.1  # the step schedule's factor at each milestone
-MIN_LAST_BATCH = 2
 
 
 @dataclass(frozen=True)
 class StepPlan:
-    """How many batches and steps every epoch has: the same on every rank."""
+    """How many optimizer steps every epoch has, and the LR schedule over them: the same on
+    every rank and any number of ranks (train.order cuts an epoch by --batch alone)."""
 
-    loader_batches: int  # what DALI yields per epoch on each rank
-    batches_per_epoch: int  # loader batches used per epoch (--max_steps_per_epoch may cut)
-    skip_last_batch: bool  # some rank's last batch is empty: every rank skips it
-    steps_per_epoch: int  # optimizer steps
+    steps_per_epoch: int
     warmup_steps: int
     total_steps: int
     schedule: str = "cosine"  # cosine, linear, step or poly
@@ -31,30 +29,12 @@ class StepPlan:
     poly_power: float = POLY_POWER
 
 
-def batches_per_epoch(num_samples: int, world_size: int, micro_batch: int) -> tuple[int, bool]:
-    """(batches each rank yields, whether every rank skips its last one), as DALI's padded
-    sharding gives them: every rank pads its shard to ceil(N / ranks) samples. The last batch
-    is skipped (by every rank, to keep DDP's all-reduces paired) when some rank's would hold
-    fewer than MIN_LAST_BATCH samples: an empty batch cannot join the gradient all-reduce, and
-    batch norm cannot train on one sample. The reshuffle changes which samples that is."""
-    per_rank = math.ceil(num_samples / world_size)
-    batches = math.ceil(per_rank / micro_batch)
-    smallest_shard = num_samples // world_size
-    return batches, smallest_shard - (batches - 1) * micro_batch < MIN_LAST_BATCH
-
-
 def plan_steps(cfg: TrainConfig, d: Derived, train_samples: int) -> StepPlan:
-    """The step plan of a run over `train_samples` images with this config on d.world_size
-    ranks."""
-    loader_batches, skip_last = batches_per_epoch(train_samples, d.world_size, d.micro_batch)
-    used = loader_batches
+    """The step plan of a run over `train_samples` images with this config."""
+    steps_per_epoch = order_steps(train_samples, cfg.batch)
     if cfg.max_steps_per_epoch:
-        used, skip_last = min(loader_batches, cfg.max_steps_per_epoch * cfg.accum), False
-    steps_per_epoch = math.ceil((used - int(skip_last)) / cfg.accum)
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     return StepPlan(
-        loader_batches=loader_batches,
-        batches_per_epoch=used,
-        skip_last_batch=skip_last,
         steps_per_epoch=steps_per_epoch,
         warmup_steps=round(d.warmup_epochs * steps_per_epoch),
         total_steps=cfg.epochs * steps_per_epoch,

@@ -5,10 +5,12 @@ through --data_dir. No other module of train/ opens the manifest."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from prep.class_names import CLASS_NAMES
 from prep.shardio import split_name
 
 MANIFEST = "manifest.json"
@@ -55,13 +57,30 @@ class Shards:
         """The files of these splits, and the manifest and classes, as names relative to the
         folder (what --cache copies: the evaluation sets that `prep eval_set` adds stay on
         disk, the trainer reads train and val only)."""
-        return [MANIFEST, CLASSES] + [
+        return [MANIFEST, CLASSES, CLASS_NAMES] + [
             name
             for split, info in self.manifest["splits"].items()
             if split in splits
             for s in info["shards"]
             for name in (s["tar"], s["index"])
         ]
+
+    def class_ids(self) -> list[str]:
+        """Each class's id (its WordNet id, or folder name), in class-index order."""
+        return list(self.manifest["classes"])
+
+    def class_names(self) -> list[str]:
+        """Each class's name (class_names.txt, which prep writes beside classes.txt); the ids
+        for shards made before it was kept."""
+        path, ids = self.folder / CLASS_NAMES, self.class_ids()
+        names = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+        return names if len(names) == len(ids) else ids
+
+    def digest(self, name: str = "train") -> str:
+        """A digest of a split's shards (names, sample counts, sha256): what a position in
+        its order refers to."""
+        shards = [(s["tar"], s["num_samples"], s["sha256"]) for s in self.split(name)["shards"]]
+        return hashlib.sha256(json.dumps(shards).encode()).hexdigest()[:16]
 
     def moved_to(self, folder: str | Path) -> Shards:
         """The same shards, read from a copy of the folder (the manifest is not read again)."""

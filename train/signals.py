@@ -15,12 +15,12 @@ from train.state import Progress, Run
 
 
 class Interrupted(Exception):
-    """A stop was requested (SIGTERM, SIGINT): the epoch stopped after `batches_done`;
-    `totals` are every rank's running totals, (world_size, 3)."""
+    """A stop was requested (SIGTERM, SIGINT): the epoch stopped after `steps_done`
+    optimizer steps; `totals` are every rank's running totals, (world_size, 3)."""
 
-    def __init__(self, batches_done: int, totals: torch.Tensor, seconds: float) -> None:
+    def __init__(self, steps_done: int, totals: torch.Tensor, seconds: float) -> None:
         super().__init__("interrupted")
-        self.batches_done, self.totals, self.seconds = batches_done, totals, seconds
+        self.steps_done, self.totals, self.seconds = steps_done, totals, seconds
 
 
 def install_stop_handlers(run: Run) -> None:
@@ -45,19 +45,21 @@ def exit_code(run: Run) -> int:
 
 
 def stopped(run: Run, epoch: int, stop: Interrupted, progress: Progress) -> int:
-    """A signal stopped the epoch: save last.pt at the batch reached; the exit code."""
+    """A signal stopped the epoch: save last.pt at the step reached; the exit code. Every
+    rank calls it (the feed's state is gathered)."""
     progress = replace(
         progress,
         epoch=epoch,
-        batches_done=stop.batches_done,
+        steps_done=stop.steps_done,
         totals=stop.totals,
         seconds=stop.seconds,
+        feed=run.feed_state(),
     )
     saved = save_training(run, progress, best=False) if run.d.rank == 0 else True
     where = f"saved {run.out / 'last.pt'}" if saved else "could not save it (see above)"
     say(
         run.d,
-        f"stopped by a signal at epoch {epoch + 1}, batch {stop.batches_done}; {where}: rerun "
+        f"stopped by a signal at epoch {epoch + 1}, step {stop.steps_done}; {where}: rerun "
         "the same command to resume",
     )
     return exit_code(run)

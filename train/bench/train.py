@@ -19,11 +19,12 @@ from models.flops import training_flops
 from prep.flags import JSON
 from train.bench.common import ALIASES, BATCHES, GENERATED, WARMUP, synchronize
 from train.config import TrainConfig, derive, train_flags
-from train.data import dali_threads, make_loader
+from train.data import dali_threads
 from train.ema import build_average, step_decay, update_average
-from train.inputs import loader_kwargs, synthetic_batches
+from train.inputs import synthetic_batches, train_data
 from train.loop import train_step
 from train.model import standalone_run
+from train.schedule import plan_steps
 from train.shards import Shards, train_counts
 
 IMAGE_SIZES = Flag(
@@ -53,16 +54,15 @@ def time_training(cfg, steps: int, warmup: int, shards: Shards | None) -> dict:
         run.ema = build_average(run.model, step_decay(cfg.ema_halflife, 5005))
     model = run.model
     if shards is None:
-        batches = synthetic_batches(d, warmup + steps, cfg.image_size, num_classes, cfg.seed)
-    else:
+        batches = synthetic_batches(
+            d, d.micro_batch, warmup + steps, cfg.image_size, num_classes, cfg.seed
+        )  # fmt: skip
+    else:  # the trainer's own reader, epoch after epoch
 
         def endless():
-            epoch = 0
-            while True:
-                yield from make_loader(
-                    shards, "train", epoch=epoch, **loader_kwargs(cfg, d, cfg.image_size)
-                )
-                epoch += 1
+            data = train_data(cfg, d, shards, plan_steps(cfg, d, train_counts(shards)[0]), (0, 0))
+            for epoch in itertools.count():
+                yield from ((images, labels) for images, labels, _ in data.epoch(epoch))
 
         batches = endless()
     model.train()
