@@ -37,12 +37,15 @@ from train.shards import ShardsError
 from train.weights import (
     CLASSES_FROM,
     EXPORT_CONFIG,
+    EXPORT_FILES,
     EXPORT_MARK,
     NO_NAMES,
     Classes,
     Weights,
     WeightsError,
     build_model,
+    depth_of,
+    export_config,
     preprocessing,
     read_classes,
     read_weights,
@@ -50,12 +53,7 @@ from train.weights import (
 )
 
 FORMATS = ("torchvision", "safetensors", "pt2", "onnx")
-FILES = {
-    "torchvision": "model.pth",
-    "safetensors": "model.safetensors",
-    "pt2": "model.pt2",
-    "onnx": "model.onnx",
-}
+FILES = EXPORT_FILES
 ONNX_OPSET = 18
 CARD = "README.md"
 MAX_BATCH = 4096  # the dynamic batch dimension's upper bound in pt2 and onnx
@@ -164,8 +162,7 @@ def write_torchvision(model, path: Path, images, expected) -> str:
         reloaded.load_state_dict(state, strict=True)
         reader = "our v1.5 network (torchvision is not installed)"
     else:
-        depth = len(model.layer3)
-        builder = {6: "resnet50", 23: "resnet101", 36: "resnet152"}[depth]
+        builder = f"resnet{depth_of(state)}"
         reloaded = getattr(torchvision.models, builder)(num_classes=model.fc.out_features)
         reloaded.load_state_dict(state, strict=True)
         reader = f"torchvision.models.{builder} (strict)"
@@ -178,7 +175,7 @@ def clone_of(model):
     from models import build_resnet
 
     return build_resnet(
-        {6: 50, 23: 101, 36: 152}[len(model.layer3)],
+        depth_of(model.state_dict()),
         variant=model.variant,
         num_classes=model.fc.out_features,
         blurpool=model.blurpool,
@@ -226,21 +223,13 @@ def require_onnx() -> None:
 def check_out(out: Path) -> None:
     """--out must not be a run folder: the export's config.json would replace the run's."""
     run_files = [n for n in ("last.pt", "best.pt", "training_summary.json") if (out / n).exists()]
-    foreign = (out / EXPORT_CONFIG).is_file() and EXPORT_MARK not in read_json(out / EXPORT_CONFIG)
+    foreign = (out / EXPORT_CONFIG).is_file() and not export_config(out / EXPORT_CONFIG)
     if run_files or foreign:
         raise ExportError(
             f"--out {out} holds a run ({', '.join(run_files) or EXPORT_CONFIG}): its "
             "config.json would be replaced; give another folder (make export writes to "
             "RUN/export-FORMAT)"
         )
-
-
-def read_json(path: Path) -> dict:
-    try:
-        found = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
 
 
 def write_onnx(model, path: Path, images, expected) -> str:

@@ -40,19 +40,18 @@ from train.data import (
 from train.loop import eval_logits
 from train.weights import (
     CLASSES_FROM,
-    EXPORT_CONFIG,
-    EXPORT_MARK,
+    EXPORT_FILES,
     RUN_FILES,
     WEIGHTS,
     Classes,
     WeightsError,
     build_model,
+    export_config,
     read_classes,
     read_weights,
     train_config,
 )
 
-FILES = {"pt2": "model.pt2", "onnx": "model.onnx"}  # train.export's names
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}  # and RIFF....WEBP
 
@@ -112,12 +111,8 @@ def list_images(arguments: list[str]) -> list[Path]:
 
 def exported_program(path: Path, flag: str) -> tuple[Callable, dict]:
     """A .pt2 or .onnx of train.export: its forward and the config.json beside it."""
-    config_path = path.parent / EXPORT_CONFIG
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError):
-        config = {}
-    if EXPORT_MARK not in config:
+    config = export_config(path)
+    if not config:
         raise PredictError(
             f"{flag} {path}: no config.json of train.export beside it (the classes and the "
             "preprocessing): export again with python -m train.export"
@@ -151,7 +146,7 @@ def exported_program(path: Path, flag: str) -> tuple[Callable, dict]:
 def exported_file(path: Path) -> Path:
     """A folder of train.export's pt2 or onnx export: its file; any other path as it is."""
     if path.is_dir() and not any((path / name).is_file() for name in RUN_FILES):
-        for name in (FILES["pt2"], FILES["onnx"]):
+        for name in (EXPORT_FILES["pt2"], EXPORT_FILES["onnx"]):
             if (path / name).is_file():
                 return path / name
     return path

@@ -27,7 +27,14 @@ from train.shards import ShardsError, open_shards
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 EXPORT_CONFIG = "config.json"  # beside an export: what train.export wrote (EXPORT_MARK in it)
 EXPORT_MARK = "imagenet_sd_export"  # the key that says a config.json is train.export's
-RUN_FILES = ("best.pt", "last.pt", "model.safetensors", "model.pth")  # a folder's, by choice
+EXPORT_FILES = {  # the file train.export writes, per format
+    "torchvision": "model.pth",
+    "safetensors": "model.safetensors",
+    "pt2": "model.pt2",
+    "onnx": "model.onnx",
+}
+# the weights of a folder, by choice: a run's, then an export's that these functions read
+RUN_FILES = ("best.pt", "last.pt", EXPORT_FILES["safetensors"], EXPORT_FILES["torchvision"])
 
 
 WEIGHTS = Flag(
