@@ -32,6 +32,7 @@ from models.flags import Flag, FlagParser
 from prep.atomic import atomic_file, atomic_path, write_atomic
 from prep.provenance import code_version
 from train.config import TrainConfig, train_flags
+from train.logs import fmt
 from train.recipes import RECIPES
 from train.shards import ShardsError
 from train.weights import (
@@ -335,10 +336,6 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
-def percent(value) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
-
-
 def model_card(record: dict, weights: Weights, figures: dict, checks: str, classes: Classes):
     """README.md: the model, the recipe and flags, this run's measured figures, how to use
     it; literature figures labelled as such."""
@@ -412,24 +409,23 @@ def card_figures(figures: dict) -> list[str]:
     if "val" in figures:
         v = figures["val"]
         measured.append(
-            f"| val (epoch {v['epoch']}, these weights) | {percent(v['top1'])} | "
-            f"{percent(v['top5'])} | |"
+            f"| val (epoch {v['epoch']}, these weights) | {fmt(v['top1'])} | {fmt(v['top5'])} | |"
         )
     if summary:
         best = " (EMA)" if summary.get("best_weights") == "ema" else ""
         measured.append(
             f"| val, run's best (epoch {summary['best_epoch']}){best} | "
-            f"{percent(summary['best_top1'])} | {percent(summary['best_top5'])} | |"
+            f"{fmt(summary['best_top1'])} | {fmt(summary['best_top5'])} | |"
         )
         measured.append(
             f"| val, run's final (epoch {summary['epochs_completed']}) | "
-            f"{percent(summary['final_top1'])} | {percent(summary['final_top5'])} | |"
+            f"{fmt(summary['final_top1'])} | {fmt(summary['final_top5'])} | |"
         )
     for row in figures.get("splits", []):
-        real = percent(row.get("real_top1")) if "real_top1" in row else ""
+        real = fmt(row.get("real_top1")) if "real_top1" in row else ""
         measured.append(
-            f"| {row['split']} ({row['images']:,} images) | {percent(row['top1'])} | "
-            f"{percent(row['top5'])} | {real} |"
+            f"| {row['split']} ({row['images']:,} images) | {fmt(row['top1'])} | "
+            f"{fmt(row['top5'])} | {real} |"
         )
     if not measured:
         return ["Nothing measured: the weights came without their run's figures."]
